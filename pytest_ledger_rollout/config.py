@@ -1,0 +1,269 @@
+"""The rollout config (``rollout.toml``): one typed model, validated at start-up.
+
+Every problem is a ``ConfigError`` naming the file and the key, so the run stops as a usage
+error before anything connects.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .phases import EPHEMERAL, TARGET_KINDS
+from .postgres import EphemeralSettings
+
+EPHEMERAL_PROVIDERS = ("auto", "testcontainers", "local")
+
+
+class ConfigError(ValueError):
+    def __init__(self, path: Path, key: str, problem: str) -> None:
+        super().__init__(f"{path}: {key}: {problem}")
+        self.key = key
+
+
+@dataclass(frozen=True)
+class MigrationsConfig:
+    alembic_ini: Path
+    expected_chain: tuple[str, ...]
+    baseline: str  # the revision an ephemeral target starts from
+
+
+@dataclass(frozen=True)
+class UniqueSpec:
+    table: str
+    columns: tuple[str, ...]
+    name: str | None = None
+
+
+@dataclass(frozen=True)
+class Expectation:
+    host: str | None = None
+    database: str | None = None
+    # Addresses inet_server_addr() may report when the server sits behind a proxy or pooler.
+    server_addr: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True)
+class TargetConfig:
+    name: str
+    kind: str
+    database_url_env: str = "DATABASE_URL"
+    expect: Expectation = Expectation()
+    app_host: str | None = None  # testinfra host spec, e.g. kubectl://backend-0?namespace=staging
+    app_dir: str | None = None
+    ephemeral: EphemeralSettings | None = None  # only for kind = "ephemeral"
+
+
+@dataclass(frozen=True)
+class SessionLimits:
+    statement_timeout_ms: int = 30_000
+    lock_timeout_ms: int = 5_000
+    migration_lock_wait_ms: int = 10_000  # how long a second run waits for the migration lock
+
+
+@dataclass(frozen=True)
+class RolloutConfig:
+    path: Path
+    sha256: str
+    migrations: MigrationsConfig
+    unique: tuple[UniqueSpec, ...]
+    targets: dict[str, TargetConfig]
+    session: SessionLimits = field(default_factory=SessionLimits)
+
+    def default_target(self) -> str | None:
+        return next((t.name for t in self.targets.values() if t.kind == EPHEMERAL), None)
+
+
+class _Table:
+    """A TOML table that remembers its dotted key, so errors name the exact key."""
+
+    def __init__(self, path: Path, key: str, data: Any) -> None:
+        if not isinstance(data, dict):
+            raise ConfigError(path, key or "<root>", "must be a table")
+        self.path, self.key, self.data = path, key, data
+
+    def _name(self, name: str) -> str:
+        return f"{self.key}.{name}" if self.key else name
+
+    def error(self, name: str, problem: str) -> ConfigError:
+        return ConfigError(self.path, self._name(name), problem)
+
+    def only(self, *allowed: str) -> None:
+        for name in self.data:
+            if name not in allowed:
+                raise self.error(name, f"unknown key (known: {', '.join(allowed)})")
+
+    def table(self, name: str, required: bool = True) -> _Table | None:
+        if name not in self.data:
+            if required:
+                raise self.error(name, "missing table")
+            return None
+        return _Table(self.path, self._name(name), self.data[name])
+
+    def str(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+        value = self.data.get(name, default)
+        if value is None:
+            if required:
+                raise self.error(name, "required")
+            return None
+        if not isinstance(value, str) or not value.strip():
+            raise self.error(name, "must be a non-empty string")
+        return value
+
+    def strs(self, name: str, required: bool = False) -> tuple[str, ...]:
+        value = self.data.get(name)
+        if value is None:
+            if required:
+                raise self.error(name, "required")
+            return ()
+        if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
+            raise self.error(name, "must be a list of non-empty strings")
+        return tuple(value)
+
+    def positive_int(self, name: str, default: int) -> int:
+        value = self.data.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+            raise self.error(name, "must be a positive integer")
+        return value
+
+
+def load_config(path: Path) -> RolloutConfig:
+    try:
+        raw = path.read_bytes()
+    except OSError as exc:
+        raise ConfigError(path, "<file>", f"cannot read ({exc.strerror})") from None
+    try:
+        data = tomllib.loads(raw.decode("utf-8"))
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(path, "<file>", f"not valid TOML ({exc})") from None
+    root = _Table(path, "", data)
+    root.only("migrations", "schema", "targets", "session")
+    base = path.parent
+    targets_table = root.table("targets")
+    assert targets_table is not None
+    targets = {
+        name: _target(targets_table, name, base) for name in targets_table.data
+    }
+    if not targets:
+        raise root.error("targets", "declare at least one target")
+    return RolloutConfig(
+        path=path,
+        sha256=hashlib.sha256(raw).hexdigest(),
+        migrations=_migrations(root, base),
+        unique=_unique(root),
+        targets=targets,
+        session=_session(root),
+    )
+
+
+def _migrations(root: _Table, base: Path) -> MigrationsConfig:
+    table = root.table("migrations")
+    assert table is not None
+    table.only("alembic_ini", "expected_chain", "baseline")
+    alembic_ini = base / str(table.str("alembic_ini", required=True))
+    if not alembic_ini.is_file():
+        raise table.error("alembic_ini", f"no such file: {alembic_ini}")
+    chain = table.strs("expected_chain", required=True)
+    if not chain:
+        raise table.error("expected_chain", "must name at least the head revision")
+    if len(set(chain)) != len(chain):
+        raise table.error("expected_chain", "names a revision twice")
+    baseline = table.str("baseline", default=chain[0])
+    assert baseline is not None
+    if baseline not in chain:
+        raise table.error("baseline", f"{baseline!r} is not in expected_chain")
+    return MigrationsConfig(alembic_ini.resolve(), chain, baseline)
+
+
+def _unique(root: _Table) -> tuple[UniqueSpec, ...]:
+    schema = root.table("schema", required=False)
+    if schema is None:
+        return ()
+    schema.only("unique")
+    entries = schema.data.get("unique", [])
+    if not isinstance(entries, list):
+        raise schema.error("unique", "must be an array of tables ([[schema.unique]])")
+    specs = []
+    for index, entry in enumerate(entries):
+        table = _Table(schema.path, f"schema.unique[{index}]", entry)
+        table.only("table", "columns", "name")
+        specs.append(
+            UniqueSpec(
+                table=str(table.str("table", required=True)),
+                columns=table.strs("columns", required=True),
+                name=table.str("name"),
+            )
+        )
+    return tuple(specs)
+
+
+def _session(root: _Table) -> SessionLimits:
+    table = root.table("session", required=False)
+    if table is None:
+        return SessionLimits()
+    table.only("statement_timeout_ms", "lock_timeout_ms", "migration_lock_wait_ms")
+    defaults = SessionLimits()
+    return SessionLimits(
+        statement_timeout_ms=table.positive_int("statement_timeout_ms", defaults.statement_timeout_ms),
+        lock_timeout_ms=table.positive_int("lock_timeout_ms", defaults.lock_timeout_ms),
+        migration_lock_wait_ms=table.positive_int(
+            "migration_lock_wait_ms", defaults.migration_lock_wait_ms
+        ),
+    )
+
+
+def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
+    table = targets.table(name)
+    assert table is not None
+    kind = table.str("kind", required=True)
+    if kind not in TARGET_KINDS:
+        raise table.error("kind", f"must be one of {', '.join(TARGET_KINDS)}, not {kind!r}")
+    common = ("kind", "database_url_env", "app_host", "app_dir")
+    ephemeral_keys = ("provider", "image", "bindir", "run_as", "database")
+    if kind == EPHEMERAL:
+        table.only(*common, *ephemeral_keys)
+    else:
+        table.only(*common, "expect")
+    app_host = table.str("app_host")
+    if app_host is not None and "://" not in app_host:
+        raise table.error("app_host", "write the testinfra scheme, e.g. local:// or ssh://host")
+    app_dir = table.str("app_dir")
+    if app_dir is not None and app_host in (None, "local://"):
+        app_dir = str((base / app_dir).resolve())
+    return TargetConfig(
+        name=name,
+        kind=kind,
+        database_url_env=str(table.str("database_url_env", default="DATABASE_URL")),
+        expect=_expectation(table) if kind != EPHEMERAL else Expectation(),
+        app_host=app_host,
+        app_dir=app_dir,
+        ephemeral=_ephemeral(table) if kind == EPHEMERAL else None,
+    )
+
+
+def _expectation(target: _Table) -> Expectation:
+    table = target.table("expect")
+    assert table is not None
+    table.only("host", "database", "server_addr")
+    return Expectation(
+        host=table.str("host", required=True),
+        database=table.str("database", required=True),
+        server_addr=table.strs("server_addr"),
+    )
+
+
+def _ephemeral(table: _Table) -> EphemeralSettings:
+    defaults = EphemeralSettings()
+    provider = table.str("provider", default=defaults.provider)
+    if provider not in EPHEMERAL_PROVIDERS:
+        raise table.error("provider", f"must be one of {', '.join(EPHEMERAL_PROVIDERS)}")
+    return EphemeralSettings(
+        provider=str(provider),
+        image=str(table.str("image", default=defaults.image)),
+        bindir=table.str("bindir"),
+        run_as=table.str("run_as"),
+        database=str(table.str("database", default=defaults.database)),
+    )

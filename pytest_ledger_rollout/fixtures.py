@@ -1,0 +1,112 @@
+"""Fixtures the phase suites use. Thin: they hand out what the plugin set up for the run."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+from sqlalchemy.engine import Connection
+
+from .config import RolloutConfig
+from .migrations import AlembicProject
+from .results import CheckResult, DodFailure, Failure
+from .session import TargetRefused, TargetSession, migration_lock
+from .state import ITEM_EVIDENCE, ITEM_SUMMARY, RUN_STATE, RunState
+
+
+def _run_state(request: pytest.FixtureRequest) -> RunState:
+    state = request.config.stash.get(RUN_STATE, None)
+    if state is None:
+        raise pytest.UsageError("ledger-rollout fixtures need a phase: run pytest --phase=PHASE")
+    return state
+
+
+class StepRecorder:
+    """Records what a check saw and turns a failed result into a DodFailure."""
+
+    def __init__(self, item: pytest.Item, state: RunState) -> None:
+        self._item = item
+        self._state = state
+        self.scrubber = state.scrubber
+        item.stash[ITEM_EVIDENCE] = []
+
+    def check(self, *results: CheckResult) -> None:
+        if not results:
+            raise DodFailure(
+                Failure(
+                    "The check produced no result",
+                    expected="at least one verified result",
+                    seen="nothing was checked",
+                    remedy="Fix the rollout config so this step has something to verify.",
+                )
+            )
+        for result in results:
+            self._item.stash[ITEM_EVIDENCE].extend(result.evidence)
+            self._state.record.environment.update(result.facts)
+        failures = [r.failure for r in results if r.failure is not None]
+        self._item.stash[ITEM_SUMMARY] = "; ".join(
+            (r.failure.title if r.failure else r.summary) for r in results
+        )
+        if len(failures) == 1:
+            raise DodFailure(failures[0])
+        if failures:
+            raise DodFailure(
+                Failure(
+                    f"{len(failures)} checks failed: " + "; ".join(f.title for f in failures),
+                    expected="\n".join(f.expected for f in failures),
+                    seen="\n".join(f.seen for f in failures),
+                    remedy="\n".join(f.remedy for f in failures),
+                )
+            )
+
+    def require(self, step_id: str) -> None:
+        """Skip (the step counts as not run) unless an earlier step it builds on passed."""
+        if not self._state.record.step_passed(step_id):
+            pytest.skip(f"step {step_id} did not pass; this step builds on it")
+
+
+@pytest.fixture
+def evidence(request: pytest.FixtureRequest) -> StepRecorder:
+    return StepRecorder(request.node, _run_state(request))
+
+
+@pytest.fixture(scope="session")
+def rollout_config(request: pytest.FixtureRequest) -> RolloutConfig:
+    return _run_state(request).config
+
+
+@pytest.fixture(scope="session")
+def rollout_target(request: pytest.FixtureRequest) -> TargetSession:
+    session = _run_state(request).session
+    if session is None:
+        raise pytest.UsageError("the target was not brought up for this run")
+    return session
+
+
+@pytest.fixture(scope="session")
+def alembic_project(rollout_config: RolloutConfig) -> AlembicProject:
+    return AlembicProject(rollout_config.migrations.alembic_ini)
+
+
+@pytest.fixture
+def db(rollout_target: TargetSession) -> Iterator[Connection]:
+    """A fresh connection with the target's session settings, for reading."""
+    with rollout_target.engine.connect() as connection:
+        yield connection
+
+
+@pytest.fixture(scope="session")
+def migration_connection(
+    rollout_target: TargetSession, rollout_config: RolloutConfig
+) -> Iterator[Connection]:
+    """The connection that holds the migration lock; destructive steps run on it."""
+    try:
+        with migration_lock(
+            rollout_target.engine,
+            rollout_target.target.kind,
+            rollout_config.session.migration_lock_wait_ms,
+        ) as connection:
+            yield connection
+    except TargetRefused as refused:
+        assert refused.result.failure is not None
+        raise DodFailure(refused.result.failure) from None

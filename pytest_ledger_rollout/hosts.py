@@ -1,0 +1,89 @@
+"""Checks on the application host through pytest-testinfra (local://, ssh://, kubectl://)."""
+
+from __future__ import annotations
+
+import re
+import shlex
+from dataclasses import dataclass
+
+import testinfra
+
+from .masking import Scrubber, mask_url
+from .results import CheckResult, Evidence, Failure, failed, passed
+
+# The runbook's own probe (step 1.1): prints the part of the URL after '@'.
+_URL_PROBE = (
+    "import os; u=os.getenv({var!r},''); print(u.split('@')[-1] if '@' in u else u)"
+)
+_REVISION = re.compile(r"^(\S+)(?: \((?:head|mergepoint|branchpoint|effective head)[^)]*\))*$")
+
+
+@dataclass(frozen=True)
+class AppView:
+    host_db: str  # host[:port]/database as the app's environment names it
+    revisions: tuple[str, ...]
+
+
+def run_on_app_host(host_spec: str, app_dir: str, command: str) -> tuple[int, str]:
+    host = testinfra.get_host(host_spec)
+    result = host.run(f"cd {shlex.quote(app_dir)} && {command}")
+    return result.rc, (result.stdout + result.stderr)
+
+
+def check_app_sees_same_database(
+    host_spec: str,
+    app_dir: str,
+    url_env: str,
+    suite_url: str,
+    suite_revisions: tuple[str, ...],
+    scrubber: Scrubber,
+) -> CheckResult:
+    """Runbook 1.1 on the app host: the app's Alembic sees the suite's database and revision."""
+    probe_rc, probe_out = run_on_app_host(
+        host_spec, app_dir, f"python -c {shlex.quote(_URL_PROBE.format(var=url_env))}"
+    )
+    current_rc, current_out = run_on_app_host(host_spec, app_dir, "alembic current")
+    probe_out, current_out = scrubber.scrub(probe_out), scrubber.scrub(current_out)
+    app_db = _host_db(probe_out.strip().splitlines()[-1] if probe_out.strip() else "")
+    revisions = tuple(
+        match.group(1)
+        for line in current_out.splitlines()
+        if (match := _REVISION.match(line.strip())) and "[" not in line and ":" not in line
+    )
+    suite_db = mask_url(suite_url)
+    evidence = Evidence(
+        f"on {host_spec} in {app_dir}",
+        f"$ python -c '<runbook 1.1 URL probe of ${url_env}>'  (rc={probe_rc})\n{app_db}\n"
+        f"$ alembic current  (rc={current_rc})\n{current_out.strip()}",
+    )
+    problems = []
+    if probe_rc != 0 or current_rc != 0:
+        problems.append(f"a command failed on the app host (rc {probe_rc}, {current_rc})")
+    if app_db != suite_db:
+        problems.append(f"the app's ${url_env} points at {app_db or '(unset)'}, the suite at {suite_db}")
+    if revisions != suite_revisions:
+        problems.append(
+            f"the app's `alembic current` says {', '.join(revisions) or '(empty)'}, "
+            f"the suite read {', '.join(suite_revisions) or '(empty)'}"
+        )
+    if problems:
+        return failed(
+            Failure(
+                "The app's Alembic does not see the database the suite checks",
+                expected=f"{suite_db} at {', '.join(suite_revisions) or '(empty)'}",
+                seen="\n".join(problems),
+                remedy=(
+                    f"Postgres and Alembic must see the same DB (runbook 1.1): compare "
+                    f"${url_env} in the app's environment with the suite's, and fix "
+                    "[targets.NAME] app_host / app_dir if they point at the wrong pod or folder."
+                ),
+            ),
+            evidence,
+        )
+    return passed(f"app on {host_spec} sees {app_db} at {', '.join(revisions)}", evidence)
+
+
+def _host_db(probe_line: str) -> str:
+    """``host:port/db?opts`` (the runbook's probe output) as ``host:port/db``."""
+    location = probe_line.split("?", 1)[0].strip()
+    return mask_url(f"postgresql://{location}") if location else ""

@@ -1,0 +1,366 @@
+"""pytest hooks: options, config and target selection, the safety gate, header, report, verdict.
+
+Thin by design: every decision lives in the domain modules; this file wires them to pytest."""
+
+from __future__ import annotations
+
+import datetime as dt
+import getpass
+import os
+from collections.abc import Generator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from . import __version__, fixtures
+from .config import ConfigError, load_config
+from .evidence import PASS, CheckRecord, RunRecord, write_checksums, write_json
+from .masking import Scrubber, mask_url
+from .phases import PHASES, Phase
+from .postgres import EphemeralUnavailable
+from .report import summary_html, terminal_lines, verdict_line
+from .session import TargetRefused, open_target_session
+from .state import ITEM_EVIDENCE, ITEM_SUMMARY, RUN_STATE, RunState, SignoffPaths
+from .targets import TargetError, resolve_target
+
+SUITES_PACKAGE = "pytest_ledger_rollout.suites"
+DOD_MARKER = "dod"
+
+# (option, ini twin, default, help)
+_OPTIONS = (
+    ("phase", "rollout_phase", None, f"rollout phase to decide: {', '.join(PHASES)}"),
+    ("target", "rollout_target", None, "target name from the rollout config (default: the ephemeral one)"),
+    ("rollout-config", "rollout_config", "rollout.toml", "rollout config file"),
+    ("signoff-dir", "rollout_signoff_dir", "reports", "folder for the sign-off HTML, JSON and sha256"),
+)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("ledger-rollout", "ledger rollout definition-of-done gates")
+    for name, ini, default, help_text in _OPTIONS:
+        group.addoption(f"--{name}", dest=ini, default=None, metavar=name.split("-")[-1].upper(),
+                        help=f"{help_text} (ini: {ini}; default: {default})")
+        parser.addini(ini, help_text, default=default)
+
+
+def _option(config: pytest.Config, ini: str) -> tuple[str | None, Path]:
+    """Command line beats ini beats default; paths are relative to where each was given."""
+    value = config.getoption(ini)
+    if value is not None:
+        return str(value), config.invocation_params.dir
+    base = config.inipath.parent if config.inipath else config.rootpath
+    value = config.getini(ini)
+    return (str(value) if value else None), base
+
+
+@pytest.hookimpl(tryfirst=True)  # before pytest-html reads --html
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", f"{DOD_MARKER}(step_id): the runbook step a definition-of-done check belongs to"
+    )
+    config.pluginmanager.register(fixtures, "ledger_rollout.fixtures")
+    phase_name, _ = _option(config, "rollout_phase")
+    if phase_name is None:
+        return
+    state = _configure_run(config, phase_name)
+    config.stash[RUN_STATE] = state
+    if config.getoption("htmlpath", None) is None:
+        config.option.htmlpath = str(state.paths.html)
+        config.option.self_contained_html = True
+    config.pluginmanager.register(SignoffHtml(state), "ledger_rollout.html")
+    if not config.args or config.args_source != pytest.Config.ArgsSource.ARGS:
+        config.args = [str(_suite_dir(state.phase))]
+    _set_metadata(config, state)
+
+
+def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
+    phase = PHASES.get(phase_name)
+    if phase is None:
+        raise pytest.UsageError(f"unknown --phase {phase_name!r}: use one of {', '.join(PHASES)}")
+    if not _suite_dir(phase).is_dir():
+        raise pytest.UsageError(
+            f"phase {phase.name} has no checks in pytest-ledger-rollout {__version__}: "
+            "nothing can decide it yet"
+        )
+    config_value, config_base = _option(config, "rollout_config")
+    assert config_value is not None
+    config_path = (config_base / config_value).resolve()
+    try:
+        rollout = load_config(config_path)
+    except ConfigError as exc:
+        raise pytest.UsageError(f"invalid rollout config: {exc}") from None
+    target_name, _ = _option(config, "rollout_target")
+    try:
+        target = resolve_target(rollout, phase, target_name, os.environ)
+    except TargetError as exc:
+        raise pytest.UsageError(str(exc)) from None
+    scrubber = Scrubber()
+    scrubber.register_url(target.url)
+    signoff_value, signoff_base = _option(config, "rollout_signoff_dir")
+    assert signoff_value is not None
+    started = dt.datetime.now(dt.UTC)
+    stem = f"{phase.name}-{target.name}-{started:%Y%m%dT%H%M%SZ}"
+    folder = (signoff_base / signoff_value).resolve()
+    paths = SignoffPaths(folder / f"{stem}.html", folder / f"{stem}.json", folder / f"{stem}.sha256")
+    record = RunRecord(phase=phase, target=target.name, target_kind=target.kind, scrubber=scrubber)
+    record.environment.update(
+        {
+            "phase": phase.name,
+            "target": f"{target.name} ({target.kind})",
+            "database": mask_url(target.url) if target.url else "ephemeral (started for this run)",
+            "rollout config": f"{config_path.name} sha256:{rollout.sha256[:12]}",
+            "alembic head (expected)": rollout.migrations.expected_chain[-1],
+            "plugin version": __version__,
+            "operator": _operator(),
+            "started (UTC)": started.isoformat(timespec="seconds"),
+        }
+    )
+    if os.environ.get("CI_RUN_URL") or os.environ.get("GITHUB_RUN_ID"):
+        record.environment["CI run"] = _ci_run_url()
+    return RunState(rollout, phase, target, record, scrubber, paths)
+
+
+def _suite_dir(phase: Phase) -> Path:
+    import importlib
+
+    suites = importlib.import_module(SUITES_PACKAGE)
+    return Path(str(suites.__file__)).parent / phase.package
+
+
+def _operator() -> str:
+    try:
+        return getpass.getuser()
+    except (KeyError, OSError):
+        return "unknown"
+
+
+def _ci_run_url() -> str:
+    if os.environ.get("CI_RUN_URL"):
+        return os.environ["CI_RUN_URL"]
+    server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
+    return f"{server}/{os.environ.get('GITHUB_REPOSITORY', '')}/actions/runs/{os.environ['GITHUB_RUN_ID']}"
+
+
+def _set_metadata(config: pytest.Config, state: RunState) -> None:
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:  # pytest-metadata absent: the static summary carries the environment
+        return
+    config.stash[metadata_key].update(
+        {f"Rollout {k}": v for k, v in state.record.environment.items()}
+    )
+
+
+def pytest_report_header(config: pytest.Config) -> str | None:
+    state = config.stash.get(RUN_STATE, None)
+    if state is None:
+        return None
+    env = state.record.environment
+    baseline = (
+        f" baseline={state.config.migrations.baseline}" if state.target.kind == "ephemeral" else ""
+    )
+    return state.scrubber.scrub(
+        f"ledger-rollout: phase={state.phase.name} target={env['target']} db={env['database']}"
+        f"{baseline} config={env['rollout config']} plugin={__version__}"
+    )
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(
+    session: pytest.Session, config: pytest.Config, items: list[pytest.Item]
+) -> None:
+    state = config.stash.get(RUN_STATE, None)
+    if state is None:
+        return
+    order = {step.id: index for index, step in enumerate(state.phase.steps)}
+    selected, deselected = [], []
+    for item in items:
+        marker = item.get_closest_marker(DOD_MARKER)
+        if marker is None:
+            deselected.append(item)
+            continue
+        step_id = str(marker.args[0]) if marker.args else ""
+        if step_id not in order:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked dod({step_id!r}), which is not a step of "
+                f"{state.phase.name} ({', '.join(order)})"
+            )
+        selected.append(item)
+    if deselected:
+        config.hook.pytest_deselected(items=deselected)
+    if not selected:
+        raise pytest.UsageError(
+            f"phase {state.phase.name} selected no check (after -k/-m and the given paths): "
+            "a phase with nothing checked cannot be decided"
+        )
+    # Runbook order, whatever reordering plugins did; stable within a step.
+    items[:] = sorted(selected, key=lambda item: order[_step_of(item)])
+
+
+def _step_of(item: pytest.Item) -> str:
+    marker = item.get_closest_marker(DOD_MARKER)
+    assert marker is not None
+    return str(marker.args[0])
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtestloop(session: pytest.Session) -> None:
+    """Safety gate: the target is brought up and its identity proven before any check."""
+    state = session.config.stash.get(RUN_STATE, None)
+    if state is None or session.config.option.collectonly or not session.items:
+        return
+    try:
+        state.session = open_target_session(
+            state.config, state.target, state.phase.name, state.scrubber, state.stack
+        )
+    except EphemeralUnavailable as exc:
+        state.record.aborted = f"No ephemeral Postgres could be started: {exc}"
+        pytest.exit(state.record.aborted, returncode=pytest.ExitCode.USAGE_ERROR)
+    except TargetRefused as refused:
+        state.record.aborted = state.scrubber.scrub(str(refused))
+        pytest.exit(
+            state.record.aborted + "\nNothing was run against this database.",
+            returncode=pytest.ExitCode.TESTS_FAILED,
+        )
+    identity = state.session.identity
+    state.record.environment.update(
+        {
+            "database": state.session.masked_url,
+            "server version": identity.version,
+            "read-only session": "yes" if identity.read_only else "no",
+        }
+    )
+    if state.session.ephemeral is not None:
+        state.record.environment["ephemeral provider"] = state.session.ephemeral.provider
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(
+    item: pytest.Item, call: pytest.CallInfo[None]
+) -> Generator[None, pytest.TestReport, pytest.TestReport]:
+    report = yield
+    state = item.config.stash.get(RUN_STATE, None)
+    if state is None:
+        return report
+    _scrub_report(report, state.scrubber)
+    marker = item.get_closest_marker(DOD_MARKER)
+    if marker is None or not _is_final(report):
+        return report
+    if report.passed:
+        outcome = "passed"
+    elif report.skipped:
+        outcome = "skipped"
+    elif call.excinfo is not None and call.excinfo.errisinstance(AssertionError) and report.when == "call":
+        outcome = "failed"
+    else:
+        outcome = "error"
+    summary = item.stash.get(ITEM_SUMMARY, "")
+    if report.skipped and isinstance(report.longrepr, tuple):
+        summary = f"skipped: {report.longrepr[2]}"
+    elif outcome == "error" and call.excinfo is not None:
+        summary = f"error in {report.when}: {call.excinfo.exconly().splitlines()[0][:300]}"
+    state.record.add(
+        CheckRecord(
+            name=_check_title(item),
+            step_id=str(marker.args[0]),
+            outcome=outcome,
+            summary=summary,
+            evidence=list(item.stash.get(ITEM_EVIDENCE, [])),
+            message=report.longreprtext if report.failed else "",
+        )
+    )
+    _attach_evidence(report, item)
+    return report
+
+
+def _is_final(report: pytest.TestReport) -> bool:
+    """The one report per test that decides its outcome."""
+    if report.when == "call":
+        return True
+    return (report.when == "setup" and not report.passed) or (
+        report.when == "teardown" and report.failed
+    )
+
+
+def _check_title(item: pytest.Item) -> str:
+    doc = getattr(getattr(item, "function", None), "__doc__", None)
+    return doc.strip().splitlines()[0] if doc else item.name
+
+
+def _scrub_report(report: pytest.TestReport, scrubber: Scrubber) -> None:
+    if isinstance(report.longrepr, tuple):
+        path, line, reason = report.longrepr
+        report.longrepr = (path, line, scrubber.scrub(reason))
+    elif report.longrepr is not None:
+        text = str(report.longrepr)
+        cleaned = scrubber.scrub(text)
+        if cleaned != text:
+            report.longrepr = cleaned
+    report.sections = [(title, scrubber.scrub(body)) for title, body in report.sections]
+
+
+def _attach_evidence(report: pytest.TestReport, item: pytest.Item) -> None:
+    evidence = item.stash.get(ITEM_EVIDENCE, [])
+    if not evidence:
+        return
+    try:
+        from pytest_html import extras
+    except ImportError:
+        return
+    state = item.config.stash[RUN_STATE]
+    body = "\n\n".join(f"## {e.label}\n{e.body}" for e in evidence)
+    report.extras = [*getattr(report, "extras", []), extras.text(state.scrubber.scrub(body), "evidence")]
+
+
+class SignoffHtml:
+    """pytest-html hooks, registered only for a phase run (the hooks exist with pytest-html)."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    def pytest_html_report_title(self, report: Any) -> None:
+        report.title = f"Sign-off {self.state.phase.name} on {self.state.target.name}"
+
+    def pytest_html_results_summary(
+        self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+    ) -> None:
+        prefix.append(summary_html(self.state.record))
+
+
+@pytest.hookimpl(wrapper=True, trylast=True)
+def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
+    result = yield
+    state = session.config.stash.get(RUN_STATE, None)
+    if state is None or session.config.option.collectonly:
+        return result
+    state.paths.json.parent.mkdir(parents=True, exist_ok=True)
+    write_json(state.record, state.paths.json)
+    write_checksums([state.paths.html, state.paths.json], state.paths.checksums)
+    if state.record.verdict() != PASS and session.exitstatus == pytest.ExitCode.OK:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    return result
+
+
+@pytest.hookimpl(trylast=True)
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    state = config.stash.get(RUN_STATE, None)
+    if state is None or config.option.collectonly:
+        return
+    terminalreporter.write_sep("=", "ledger-rollout sign-off")
+    for line in terminal_lines(state.record):
+        terminalreporter.write_line(line)
+    for path in (state.paths.html, state.paths.json, state.paths.checksums):
+        terminalreporter.write_line(f"  {path}")
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    state = config.stash.get(RUN_STATE, None)
+    if state is None:
+        return
+    state.stack.close()
+    if config.option.collectonly:
+        return
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
+    if reporter is not None:
+        reporter.write_line(f"ledger-rollout verdict: {verdict_line(state.record)}", bold=True)

@@ -1,0 +1,77 @@
+"""The sign-off rendering: static HTML for the pytest-html summary, and the terminal block.
+
+pytest-html draws its results table with JavaScript, which ticket viewers often block; the
+verdict, the checklist and the environment therefore go in as plain HTML."""
+
+from __future__ import annotations
+
+from html import escape
+
+from .evidence import FAIL, FAILED, INCOMPLETE, NOT_RUN, PASS, PASSED, RunRecord
+
+_COLOURS = {PASS: "#1b7f3b", FAIL: "#b00020", INCOMPLETE: "#9a6700"}
+_STEP_COLOURS = {PASSED: "#1b7f3b", FAILED: "#b00020", NOT_RUN: "#9a6700"}
+
+
+def verdict_line(record: RunRecord) -> str:
+    line = f"{record.phase.name} on {record.target} ({record.target_kind}): {record.verdict()}"
+    if record.rehearsal:
+        line += " (REHEARSAL: ephemeral target, not a staging or production sign-off)"
+    if record.aborted:
+        line += f" (stopped: {record.aborted.splitlines()[0]})"
+    return line
+
+
+def summary_html(record: RunRecord) -> str:
+    verdict = record.verdict()
+    rows = "".join(
+        "<tr>"
+        f"<td>{escape(s.step.id)}</td><td>{escape(s.step.title)}</td>"
+        f'<td style="color:{_STEP_COLOURS[s.outcome]};font-weight:bold">{escape(s.outcome)}</td>'
+        f"<td>{escape(s.evidence)}</td>"
+        "</tr>"
+        for s in record.step_outcomes()
+    )
+    environment = "".join(
+        f"<tr><th style='text-align:left'>{escape(k)}</th><td>{escape(v)}</td></tr>"
+        for k, v in record.environment.items()
+    )
+    aborted = (
+        f"<pre id='ledger-rollout-aborted'>{escape(record.aborted)}</pre>" if record.aborted else ""
+    )
+    rehearsal = (
+        "<p id='ledger-rollout-rehearsal'><strong>REHEARSAL</strong>: ephemeral target, "
+        "not a staging or production sign-off.</p>"
+        if record.rehearsal
+        else ""
+    )
+    failures = "".join(
+        f"<h3>{escape(c.step_id)} {escape(c.name)}: {escape(c.outcome)}</h3>"
+        f"<pre>{escape(c.message)}</pre>"
+        for c in record.checks
+        if c.outcome in ("failed", "error")
+    )
+    html = (
+        "<section id='ledger-rollout-signoff'>"
+        f"<h2>{escape(record.phase.title)}</h2>"
+        f"<p id='ledger-rollout-verdict' style='font-size:1.6em;font-weight:bold;"
+        f"color:{_COLOURS[verdict]}'>Verdict: {escape(verdict)}</p>"
+        f"{rehearsal}{aborted}"
+        "<h3>Runbook checklist</h3>"
+        "<table id='ledger-rollout-checklist' border='1' cellpadding='4'>"
+        "<tr><th>Step</th><th>Title</th><th>Outcome</th><th>Evidence</th></tr>"
+        f"{rows}</table>"
+        f"{failures and '<h3>Failures</h3>' + failures}"
+        "<h3>Sign-off environment</h3>"
+        f"<table id='ledger-rollout-environment' border='1' cellpadding='4'>{environment}</table>"
+        "</section>"
+    )
+    return record.scrubber.scrub(html)
+
+
+def terminal_lines(record: RunRecord) -> list[str]:
+    lines = [f"VERDICT: {verdict_line(record)}"]
+    for step in record.step_outcomes():
+        lines.append(f"  [{step.outcome:^7}] {step.step.id} {step.step.title}")
+        lines.append(f"            {step.evidence}")
+    return [record.scrubber.scrub(line) for line in lines]

@@ -1,0 +1,185 @@
+"""Bringing a target up for a run: start or connect, prove identity, prepare, and hold the
+migration lock for destructive steps. Everything is undone through one ExitStack."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from collections.abc import Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.exc import OperationalError
+
+from .config import RolloutConfig
+from .masking import Scrubber, mask_url
+from .migrations import AlembicProject
+from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION
+from .postgres import EphemeralServer, start_ephemeral
+from .results import CheckResult, Failure
+from .targets import ResolvedTarget, ServerIdentity, open_engine, prove_identity, read_identity
+
+# One advisory lock key per database for every destructive step of this plugin (positive, so
+# it reads back unchanged from pg_locks' classid/objid halves).
+MIGRATION_LOCK_KEY = int.from_bytes(
+    hashlib.sha256(b"pytest-ledger-rollout:migrations").digest()[:8], "big"
+) & 0x7FFF_FFFF_FFFF_FFFF
+
+
+class TargetRefused(RuntimeError):
+    """The target failed a safety precondition; the run stops without touching it."""
+
+    def __init__(self, result: CheckResult) -> None:
+        assert result.failure is not None
+        self.result = result
+        super().__init__(f"{result.failure.title}\n{result.failure.seen}")
+
+
+@dataclass
+class TargetSession:
+    target: ResolvedTarget
+    url: str
+    engine: Engine
+    identity: ServerIdentity
+    identity_result: CheckResult
+    ephemeral: EphemeralServer | None
+
+    @property
+    def masked_url(self) -> str:
+        return mask_url(self.url)
+
+
+def open_target_session(
+    config: RolloutConfig,
+    target: ResolvedTarget,
+    phase: str,
+    scrubber: Scrubber,
+    stack: ExitStack,
+) -> TargetSession:
+    ephemeral = None
+    if target.kind == EPHEMERAL:
+        assert target.config.ephemeral is not None
+        ephemeral = start_ephemeral(target.config.ephemeral)
+        stack.callback(ephemeral.stop)
+        scrubber.register(ephemeral.password)
+        url = ephemeral.url
+        expected_host, expected_db, server_addr = ephemeral.host, ephemeral.database, ()
+    else:
+        assert target.url is not None
+        url = target.url
+        expect = target.config.expect
+        assert expect.host is not None and expect.database is not None
+        expected_host, expected_db, server_addr = expect.host, expect.database, expect.server_addr
+    scrubber.register_url(url)
+    engine = open_engine(url, target.kind, phase, config.session)
+    stack.callback(engine.dispose)
+    with engine.connect() as connection:
+        identity = read_identity(connection)
+    result = prove_identity(url, expected_host, expected_db, server_addr, identity)
+    if not result.ok:
+        raise TargetRefused(result)
+    if target.kind == PRODUCTION and not identity.read_only:
+        raise TargetRefused(
+            _failed_safety(
+                "The production session is not read-only",
+                "transaction_read_only = on for every session",
+                "transaction_read_only = off",
+            )
+        )
+    if ephemeral is not None:
+        _prepare_ephemeral(config, target, engine, url, stack)
+    return TargetSession(target, url, engine, identity, result, ephemeral)
+
+
+def _prepare_ephemeral(
+    config: RolloutConfig, target: ResolvedTarget, engine: Engine, url: str, stack: ExitStack
+) -> None:
+    """Bring the throwaway database to the baseline revision, and let a local app see it."""
+    with engine.connect() as connection:
+        AlembicProject(config.migrations.alembic_ini).upgrade(connection, config.migrations.baseline)
+    if target.config.app_host == "local://":
+        variable = target.config.database_url_env
+        previous = os.environ.get(variable)
+        os.environ[variable] = url
+        stack.callback(_restore_env, variable, previous)
+
+
+def _restore_env(variable: str, previous: str | None) -> None:
+    if previous is None:
+        os.environ.pop(variable, None)
+    else:
+        os.environ[variable] = previous
+
+
+def _failed_safety(title: str, expected: str, seen: str) -> CheckResult:
+    return CheckResult(
+        summary=title,
+        failure=Failure(
+            title, expected, seen, remedy="Check the target's kind and URL in the rollout config."
+        ),
+    )
+
+
+@contextmanager
+def migration_lock(engine: Engine, kind: str, wait_ms: int) -> Iterator[Connection]:
+    """A connection holding the plugin's advisory lock; destructive steps run on it only."""
+    if kind not in DESTRUCTIVE_KINDS:
+        raise TargetRefused(
+            _failed_safety(
+                f"Destructive steps never run on a {kind} target",
+                "upgrade / downgrade only on ephemeral or staging targets",
+                f"a destructive step was requested on a {kind} target",
+            )
+        )
+    with engine.connect() as connection:
+        restore = connection.execute(text("SHOW lock_timeout")).scalar_one()
+        connection.execute(text("SELECT set_config('lock_timeout', :ms, false)"), {"ms": f"{wait_ms}ms"})
+        try:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        except OperationalError:
+            connection.rollback()
+            holder = _lock_holder(connection)
+            raise TargetRefused(
+                CheckResult(
+                    summary="another run holds the migration lock",
+                    failure=Failure(
+                        "Another run holds this database's migration lock",
+                        expected=f"the lock free within {wait_ms} ms",
+                        seen=holder,
+                        remedy=(
+                            "Wait for that run to finish and rerun. Two runs must never migrate "
+                            "the same database at once."
+                        ),
+                    ),
+                )
+            ) from None
+        connection.execute(text("SELECT set_config('lock_timeout', :v, false)"), {"v": restore})
+        connection.commit()
+        try:
+            yield connection
+        finally:
+            if connection.in_transaction():
+                connection.rollback()
+            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+            connection.commit()
+
+
+def _lock_holder(connection: Connection) -> str:
+    row = connection.execute(
+        text(
+            "SELECT a.pid, a.application_name, a.backend_start, a.client_addr"
+            " FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid"
+            " WHERE l.locktype = 'advisory' AND l.granted"
+            "   AND ((l.classid::bigint << 32) | l.objid::bigint) = :key"
+        ),
+        {"key": MIGRATION_LOCK_KEY},
+    ).first()
+    connection.rollback()
+    if row is None:
+        return "the lock was held, and released before its holder could be read"
+    return (
+        f"held by pid {row.pid} ({row.application_name or 'no application_name'}, "
+        f"client {row.client_addr or 'local socket'}, connected since {row.backend_start})"
+    )

@@ -1,0 +1,42 @@
+"""Per-run state kept in ``config.stash``."""
+
+from __future__ import annotations
+
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+
+from .config import RolloutConfig
+from .evidence import RunRecord
+from .masking import Scrubber
+from .phases import Phase
+from .results import Evidence
+from .session import TargetSession
+from .targets import ResolvedTarget
+
+
+@dataclass(frozen=True)
+class SignoffPaths:
+    html: Path
+    json: Path
+    checksums: Path
+
+
+@dataclass
+class RunState:
+    config: RolloutConfig
+    phase: Phase
+    target: ResolvedTarget
+    record: RunRecord
+    scrubber: Scrubber
+    paths: SignoffPaths
+    stack: ExitStack = field(default_factory=ExitStack)
+    session: TargetSession | None = None
+
+
+RUN_STATE = pytest.StashKey[RunState]()
+# Evidence a check recorded, kept on its test item until its report is built.
+ITEM_EVIDENCE = pytest.StashKey[list[Evidence]]()
+ITEM_SUMMARY = pytest.StashKey[str]()

@@ -1,0 +1,185 @@
+"""Targets: which database a run is about, how it is connected, and the proof that it is the
+right one. Safety policy per kind lives here (read-only production, timeouts, lock waits)."""
+
+from __future__ import annotations
+
+import ipaddress
+import socket
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import ArgumentError
+
+from .config import RolloutConfig, SessionLimits, TargetConfig
+from .masking import mask_url
+from .phases import EPHEMERAL, PRODUCTION, Phase
+from .results import CheckResult, Evidence, Failure, failed, passed
+
+
+class TargetError(ValueError):
+    """A usage problem found before connecting: one line with the cause and the fix."""
+
+
+@dataclass(frozen=True)
+class ResolvedTarget:
+    config: TargetConfig
+    url: str | None  # None for an ephemeral target until its server is started
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    @property
+    def kind(self) -> str:
+        return self.config.kind
+
+
+def normalize_url(url: str) -> str:
+    """libpq-style URLs name no driver; this plugin speaks psycopg 3."""
+    for prefix in ("postgres://", "postgresql://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+def resolve_target(
+    config: RolloutConfig, phase: Phase, name: str | None, environ: Mapping[str, str]
+) -> ResolvedTarget:
+    chosen = name or config.default_target()
+    if chosen is None:
+        raise TargetError(
+            f"no --target given and {config.path} declares no ephemeral target: "
+            f"pass --target=NAME (one of {', '.join(config.targets)})"
+        )
+    target = config.targets.get(chosen)
+    if target is None:
+        raise TargetError(
+            f"unknown target {chosen!r}: use one of {', '.join(config.targets)} "
+            f"or declare [targets.{chosen}] in {config.path}"
+        )
+    if target.kind not in phase.allowed_kinds:
+        raise TargetError(
+            f"phase {phase.name} may not run against {target.kind} target {chosen!r}: "
+            f"it runs on {' or '.join(sorted(phase.allowed_kinds))} targets only"
+        )
+    if target.kind == EPHEMERAL:
+        return ResolvedTarget(target, None)
+    raw = environ.get(target.database_url_env, "")
+    if not raw:
+        raise TargetError(
+            f"target {chosen!r} reads its database URL from ${target.database_url_env}, "
+            f"which is unset: export {target.database_url_env}=postgresql://USER@HOST:5432/DB"
+        )
+    url = normalize_url(raw)
+    try:
+        backend = make_url(url).get_backend_name()
+    except ArgumentError:
+        raise TargetError(
+            f"${target.database_url_env} is not a database URL "
+            f"(expected postgresql://USER:PASSWORD@HOST:PORT/DB)"
+        ) from None
+    if backend != "postgresql":
+        raise TargetError(
+            f"${target.database_url_env} points at {backend}, not PostgreSQL: the runbook's checks "
+            f"are only valid on Postgres (errors on {backend} are not a reference)"
+        )
+    return ResolvedTarget(target, url)
+
+
+def open_engine(url: str, kind: str, phase: str, limits: SessionLimits) -> Engine:
+    """Every session gets timeouts and names itself; production sessions are read-only."""
+    options = [
+        f"-c statement_timeout={limits.statement_timeout_ms}",
+        f"-c lock_timeout={limits.lock_timeout_ms}",
+    ]
+    if kind == PRODUCTION:
+        options.append("-c default_transaction_read_only=on")
+    return create_engine(
+        url,
+        pool_pre_ping=False,
+        connect_args={
+            "application_name": f"pytest-ledger-rollout/{phase}",
+            "options": " ".join(options),
+            "connect_timeout": 10,
+        },
+    )
+
+
+@dataclass(frozen=True)
+class ServerIdentity:
+    database: str
+    server_addr: str | None  # None over a unix socket
+    server_port: int | None
+    version: str
+    read_only: bool
+
+
+def read_identity(connection: Connection) -> ServerIdentity:
+    row = connection.execute(
+        text(
+            "SELECT current_database(), host(inet_server_addr()), inet_server_port(),"
+            " current_setting('server_version'), current_setting('transaction_read_only')"
+        )
+    ).one()
+    return ServerIdentity(row[0], row[1], row[2], row[3], row[4] == "on")
+
+
+def _addresses(host: str) -> set[str]:
+    try:
+        return {str(ipaddress.ip_address(host))}
+    except ValueError:
+        pass
+    try:
+        return {str(info[4][0]) for info in socket.getaddrinfo(host, None)}
+    except OSError:
+        return set()
+
+
+def prove_identity(
+    url: str, expected_host: str, expected_database: str, server_addr: tuple[str, ...],
+    identity: ServerIdentity,
+) -> CheckResult:
+    """Host and database from the URL and from the server must match what the config expects."""
+    parsed = make_url(url)
+    url_host = (parsed.host or "").lower()
+    problems = []
+    if url_host != expected_host.lower():
+        problems.append(f"the URL's host is {url_host or '(none)'}, expected {expected_host}")
+    if parsed.database != expected_database:
+        problems.append(f"the URL's database is {parsed.database}, expected {expected_database}")
+    if identity.database != expected_database:
+        problems.append(
+            f"the server says current_database() = {identity.database}, "
+            f"expected {expected_database}"
+        )
+    allowed = set(server_addr) or _addresses(expected_host)
+    if identity.server_addr is not None and identity.server_addr not in allowed:
+        problems.append(
+            f"the server says inet_server_addr() = {identity.server_addr}, "
+            f"not an address of {expected_host} ({', '.join(sorted(allowed)) or 'unresolvable'})"
+        )
+    evidence = Evidence(
+        "identity",
+        f"URL (masked): {mask_url(url)}\n"
+        f"expected: host={expected_host} database={expected_database}\n"
+        f"server: current_database()={identity.database} "
+        f"inet_server_addr()={identity.server_addr or '(unix socket)'} "
+        f"port={identity.server_port} version={identity.version}",
+    )
+    if problems:
+        return failed(
+            Failure(
+                title="Connected to the wrong database: the run stopped before touching it",
+                expected=f"host {expected_host}, database {expected_database}",
+                seen="\n".join(problems),
+                remedy=(
+                    "Point the URL variable at the intended database, or correct "
+                    "[targets.NAME].expect in the rollout config if the database really moved "
+                    "(behind a proxy, list its addresses in expect.server_addr)."
+                ),
+            ),
+            evidence,
+        )
+    return passed(f"connected to {mask_url(url)} (server {identity.version})", evidence)

@@ -1,0 +1,99 @@
+"""STG-MIG (runbook Phase 1): verify the migrations on staging Postgres."""
+
+import pytest
+from sqlalchemy.engine import Connection
+
+from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.fixtures import StepRecorder
+from pytest_ledger_rollout.hosts import check_app_sees_same_database
+from pytest_ledger_rollout.migrations import (
+    AlembicProject,
+    check_current_not_empty,
+    check_downgrade_upgrade_smoke,
+    check_history_chain,
+    check_single_head,
+    check_upgrade_head,
+)
+from pytest_ledger_rollout.schema import check_unique_constraint
+from pytest_ledger_rollout.session import TargetSession
+
+
+@pytest.mark.dod("1.1")
+def test_connected_to_expected_database(rollout_target: TargetSession, evidence: StepRecorder):
+    """Connected to the expected database (host and database from URL and server)"""
+    evidence.check(rollout_target.identity_result)
+
+
+@pytest.mark.dod("1.1")
+def test_alembic_current_not_empty(
+    db: Connection, alembic_project: AlembicProject, evidence: StepRecorder
+):
+    """`alembic current` is not empty"""
+    evidence.check(check_current_not_empty(alembic_project, db))
+
+
+@pytest.mark.dod("1.1")
+def test_history_has_one_head(alembic_project: AlembicProject, evidence: StepRecorder):
+    """The history has exactly one head"""
+    evidence.check(check_single_head(alembic_project))
+
+
+@pytest.mark.dod("1.1")
+def test_history_chain_is_expected(
+    alembic_project: AlembicProject, rollout_config: RolloutConfig, evidence: StepRecorder
+):
+    """The history chain ending at head is the expected chain"""
+    evidence.check(check_history_chain(alembic_project, rollout_config.migrations.expected_chain))
+
+
+@pytest.mark.dod("1.1")
+def test_app_alembic_sees_same_database(
+    rollout_target: TargetSession,
+    db: Connection,
+    alembic_project: AlembicProject,
+    evidence: StepRecorder,
+):
+    """The app's Alembic sees the same database and revision"""
+    target = rollout_target.target.config
+    if not (target.app_host and target.app_dir):
+        pytest.skip(f"target {target.name} declares no app_host/app_dir")
+    evidence.check(
+        check_app_sees_same_database(
+            target.app_host,
+            target.app_dir,
+            target.database_url_env,
+            rollout_target.url,
+            alembic_project.current(db),
+            evidence.scrubber,
+        )
+    )
+
+
+@pytest.mark.dod("1.2")
+def test_upgrade_head(
+    migration_connection: Connection, alembic_project: AlembicProject, evidence: StepRecorder
+):
+    """`alembic upgrade head` finishes without error and current is head"""
+    evidence.check(check_upgrade_head(alembic_project, migration_connection))
+
+
+@pytest.mark.dod("1.3")
+def test_table_and_unique_constraint(
+    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+):
+    """Table exists with the UNIQUE constraint over the configured columns"""
+    evidence.check(*(check_unique_constraint(db, spec) for spec in rollout_config.unique))
+
+
+@pytest.mark.dod("1.4")
+def test_downgrade_upgrade_smoke(
+    migration_connection: Connection,
+    alembic_project: AlembicProject,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
+):
+    """`alembic downgrade -1` then `alembic upgrade head`, both proven on the schema"""
+    evidence.require("1.2")
+    evidence.check(
+        check_downgrade_upgrade_smoke(alembic_project, migration_connection, rollout_config.unique)
+    )
