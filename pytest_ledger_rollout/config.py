@@ -103,7 +103,7 @@ class _Table:
             return None
         return _Table(self.path, self._name(name), self.data[name])
 
-    def str(self, name: str, default: str | None = None, required: bool = False) -> str | None:
+    def text(self, name: str, default: str | None = None, required: bool = False) -> str | None:
         value = self.data.get(name, default)
         if value is None:
             if required:
@@ -113,7 +113,7 @@ class _Table:
             raise self.error(name, "must be a non-empty string")
         return value
 
-    def strs(self, name: str, required: bool = False) -> tuple[str, ...]:
+    def texts(self, name: str, required: bool = False) -> tuple[str, ...]:
         value = self.data.get(name)
         if value is None:
             if required:
@@ -144,9 +144,7 @@ def load_config(path: Path) -> RolloutConfig:
     base = path.parent
     targets_table = root.table("targets")
     assert targets_table is not None
-    targets = {
-        name: _target(targets_table, name, base) for name in targets_table.data
-    }
+    targets = {name: _target(targets_table, name, base) for name in targets_table.data}
     if not targets:
         raise root.error("targets", "declare at least one target")
     return RolloutConfig(
@@ -163,15 +161,15 @@ def _migrations(root: _Table, base: Path) -> MigrationsConfig:
     table = root.table("migrations")
     assert table is not None
     table.only("alembic_ini", "expected_chain", "baseline")
-    alembic_ini = base / str(table.str("alembic_ini", required=True))
+    alembic_ini = base / str(table.text("alembic_ini", required=True))
     if not alembic_ini.is_file():
         raise table.error("alembic_ini", f"no such file: {alembic_ini}")
-    chain = table.strs("expected_chain", required=True)
+    chain = table.texts("expected_chain", required=True)
     if not chain:
         raise table.error("expected_chain", "must name at least the head revision")
     if len(set(chain)) != len(chain):
         raise table.error("expected_chain", "names a revision twice")
-    baseline = table.str("baseline", default=chain[0])
+    baseline = table.text("baseline", default=chain[0])
     assert baseline is not None
     if baseline not in chain:
         raise table.error("baseline", f"{baseline!r} is not in expected_chain")
@@ -192,9 +190,9 @@ def _unique(root: _Table) -> tuple[UniqueSpec, ...]:
         table.only("table", "columns", "name")
         specs.append(
             UniqueSpec(
-                table=str(table.str("table", required=True)),
-                columns=table.strs("columns", required=True),
-                name=table.str("name"),
+                table=str(table.text("table", required=True)),
+                columns=table.texts("columns", required=True),
+                name=table.text("name"),
             )
         )
     return tuple(specs)
@@ -207,7 +205,9 @@ def _session(root: _Table) -> SessionLimits:
     table.only("statement_timeout_ms", "lock_timeout_ms", "migration_lock_wait_ms")
     defaults = SessionLimits()
     return SessionLimits(
-        statement_timeout_ms=table.positive_int("statement_timeout_ms", defaults.statement_timeout_ms),
+        statement_timeout_ms=table.positive_int(
+            "statement_timeout_ms", defaults.statement_timeout_ms
+        ),
         lock_timeout_ms=table.positive_int("lock_timeout_ms", defaults.lock_timeout_ms),
         migration_lock_wait_ms=table.positive_int(
             "migration_lock_wait_ms", defaults.migration_lock_wait_ms
@@ -218,7 +218,7 @@ def _session(root: _Table) -> SessionLimits:
 def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
     table = targets.table(name)
     assert table is not None
-    kind = table.str("kind", required=True)
+    kind = table.text("kind", required=True)
     if kind not in TARGET_KINDS:
         raise table.error("kind", f"must be one of {', '.join(TARGET_KINDS)}, not {kind!r}")
     common = ("kind", "database_url_env", "app_host", "app_dir")
@@ -227,16 +227,16 @@ def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
         table.only(*common, *ephemeral_keys)
     else:
         table.only(*common, "expect")
-    app_host = table.str("app_host")
+    app_host = table.text("app_host")
     if app_host is not None and "://" not in app_host:
         raise table.error("app_host", "write the testinfra scheme, e.g. local:// or ssh://host")
-    app_dir = table.str("app_dir")
+    app_dir = table.text("app_dir")
     if app_dir is not None and app_host in (None, "local://"):
         app_dir = str((base / app_dir).resolve())
     return TargetConfig(
         name=name,
         kind=kind,
-        database_url_env=str(table.str("database_url_env", default="DATABASE_URL")),
+        database_url_env=str(table.text("database_url_env", default="DATABASE_URL")),
         expect=_expectation(table) if kind != EPHEMERAL else Expectation(),
         app_host=app_host,
         app_dir=app_dir,
@@ -249,21 +249,21 @@ def _expectation(target: _Table) -> Expectation:
     assert table is not None
     table.only("host", "database", "server_addr")
     return Expectation(
-        host=table.str("host", required=True),
-        database=table.str("database", required=True),
-        server_addr=table.strs("server_addr"),
+        host=table.text("host", required=True),
+        database=table.text("database", required=True),
+        server_addr=table.texts("server_addr"),
     )
 
 
 def _ephemeral(table: _Table) -> EphemeralSettings:
     defaults = EphemeralSettings()
-    provider = table.str("provider", default=defaults.provider)
+    provider = table.text("provider", default=defaults.provider)
     if provider not in EPHEMERAL_PROVIDERS:
         raise table.error("provider", f"must be one of {', '.join(EPHEMERAL_PROVIDERS)}")
     return EphemeralSettings(
         provider=str(provider),
-        image=str(table.str("image", default=defaults.image)),
-        bindir=table.str("bindir"),
-        run_as=table.str("run_as"),
-        database=str(table.str("database", default=defaults.database)),
+        image=str(table.text("image", default=defaults.image)),
+        bindir=table.text("bindir"),
+        run_as=table.text("run_as"),
+        database=str(table.text("database", default=defaults.database)),
     )

@@ -12,9 +12,7 @@ from .masking import Scrubber, mask_url
 from .results import CheckResult, Evidence, Failure, failed, passed
 
 # The runbook's own probe (step 1.1): prints the part of the URL after '@'.
-_URL_PROBE = (
-    "import os; u=os.getenv({var!r},''); print(u.split('@')[-1] if '@' in u else u)"
-)
+_URL_PROBE = "import os; u=os.getenv({var!r},''); print(u.split('@')[-1] if '@' in u else u)"
 _REVISION = re.compile(r"^(\S+)(?: \((?:head|mergepoint|branchpoint|effective head)[^)]*\))*$")
 
 
@@ -60,7 +58,9 @@ def check_app_sees_same_database(
     if probe_rc != 0 or current_rc != 0:
         problems.append(f"a command failed on the app host (rc {probe_rc}, {current_rc})")
     if app_db != suite_db:
-        problems.append(f"the app's ${url_env} points at {app_db or '(unset)'}, the suite at {suite_db}")
+        problems.append(
+            f"the app's ${url_env} points at {app_db or '(unset)'}, the suite at {suite_db}"
+        )
     if revisions != suite_revisions:
         problems.append(
             f"the app's `alembic current` says {', '.join(revisions) or '(empty)'}, "

@@ -104,7 +104,7 @@ def check_single_head(project: AlembicProject) -> CheckResult:
                 "The migration history has no head",
                 expected="exactly one head revision",
                 seen=f"no revisions under {project.script.dir}",
-                remedy="Check [migrations] alembic_ini: it must point at the backend's alembic.ini.",
+                remedy="Check [migrations] alembic_ini: point it at the backend's alembic.ini.",
             ),
             evidence,
         )
@@ -146,7 +146,8 @@ def check_history_chain(project: AlembicProject, expected: Sequence[str]) -> Che
         Failure(
             "The history chain ending at head differs from the expected chain",
             expected=rendered_expected,
-            seen=" -> ".join(tail) + " (head)"
+            seen=" -> ".join(tail)
+            + " (head)"
             + (f"\nnot in the history at all: {', '.join(unknown)}" if unknown else ""),
             remedy=(
                 "Either the backend ships other migrations than this RC expects (check out the "
@@ -161,7 +162,9 @@ def check_current_not_empty(project: AlembicProject, connection: Connection) -> 
     current = project.current(connection)
     evidence = Evidence("alembic current", "\n".join(current) or "(empty)")
     if current:
-        return passed("current: " + ", ".join(current), evidence, **{"alembic current": ",".join(current)})
+        return passed(
+            "current: " + ", ".join(current), evidence, **{"alembic current": ",".join(current)}
+        )
     return failed(
         Failure(
             "`alembic current` is empty: this database has no Alembic version",
@@ -184,7 +187,9 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
         project.upgrade(connection, "head")
     except Exception as exc:  # any failure of the upgrade is the finding
         message = " ".join(str(exc).split())
-        evidence = Evidence("alembic upgrade head", f"from {', '.join(before) or 'base'}\n{message}")
+        evidence = Evidence(
+            "alembic upgrade head", f"from {', '.join(before) or 'base'}\n{message}"
+        )
         if "already exists" in message:
             return failed(_drift_failure(project, before, message), evidence)
         return failed(
@@ -210,7 +215,9 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
             ),
             evidence,
         )
-    return passed(f"upgraded {', '.join(before) or 'base'} -> {head}", evidence, **{"alembic current": head})
+    return passed(
+        f"upgraded {', '.join(before) or 'base'} -> {head}", evidence, **{"alembic current": head}
+    )
 
 
 def _drift_failure(project: AlembicProject, before: tuple[str, ...], message: str) -> Failure:
@@ -276,7 +283,9 @@ def check_downgrade_upgrade_smoke(
         project.downgrade(connection, "-1")
     except Exception as exc:
         steps.append(f"alembic downgrade -1: {' '.join(str(exc).split())[:1500]}")
-        return failure("`alembic downgrade -1` failed", f"downgrade {head} -> {previous}", steps[-1])
+        return failure(
+            "`alembic downgrade -1` failed", f"downgrade {head} -> {previous}", steps[-1]
+        )
     after_down = project.current(connection)
     undone = at_head.difference(snapshot(connection))
     steps.append(f"alembic downgrade -1: current = {', '.join(after_down) or 'base'}")
@@ -300,7 +309,9 @@ def check_downgrade_upgrade_smoke(
         project.upgrade(connection, "head")
     except Exception as exc:
         steps.append(f"alembic upgrade head: {' '.join(str(exc).split())[:1500]}")
-        return failure("`alembic upgrade head` after the downgrade failed", f"back at {head}", steps[-1])
+        return failure(
+            "`alembic upgrade head` after the downgrade failed", f"back at {head}", steps[-1]
+        )
     after_up = project.current(connection)
     not_restored = at_head.difference(snapshot(connection))
     steps.append(f"alembic upgrade head: current = {', '.join(after_up) or 'base'}")

@@ -20,6 +20,7 @@ from .masking import Scrubber, mask_url
 from .phases import PHASES, Phase
 from .postgres import EphemeralUnavailable
 from .report import summary_html, terminal_lines, verdict_line
+from .results import Evidence
 from .session import TargetRefused, open_target_session
 from .state import ITEM_EVIDENCE, ITEM_SUMMARY, RUN_STATE, RunState, SignoffPaths
 from .targets import TargetError, resolve_target
@@ -30,17 +31,32 @@ DOD_MARKER = "dod"
 # (option, ini twin, default, help)
 _OPTIONS = (
     ("phase", "rollout_phase", None, f"rollout phase to decide: {', '.join(PHASES)}"),
-    ("target", "rollout_target", None, "target name from the rollout config (default: the ephemeral one)"),
+    (
+        "target",
+        "rollout_target",
+        None,
+        "target name from the rollout config (default: the ephemeral one)",
+    ),
     ("rollout-config", "rollout_config", "rollout.toml", "rollout config file"),
-    ("signoff-dir", "rollout_signoff_dir", "reports", "folder for the sign-off HTML, JSON and sha256"),
+    (
+        "signoff-dir",
+        "rollout_signoff_dir",
+        "reports",
+        "folder for the sign-off HTML, JSON and sha256",
+    ),
 )
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("ledger-rollout", "ledger rollout definition-of-done gates")
     for name, ini, default, help_text in _OPTIONS:
-        group.addoption(f"--{name}", dest=ini, default=None, metavar=name.split("-")[-1].upper(),
-                        help=f"{help_text} (ini: {ini}; default: {default})")
+        group.addoption(
+            f"--{name}",
+            dest=ini,
+            default=None,
+            metavar=name.split("-")[-1].upper(),
+            help=f"{help_text} (ini: {ini}; default: {default})",
+        )
         parser.addini(ini, help_text, default=default)
 
 
@@ -102,7 +118,9 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
     started = dt.datetime.now(dt.UTC)
     stem = f"{phase.name}-{target.name}-{started:%Y%m%dT%H%M%SZ}"
     folder = (signoff_base / signoff_value).resolve()
-    paths = SignoffPaths(folder / f"{stem}.html", folder / f"{stem}.json", folder / f"{stem}.sha256")
+    paths = SignoffPaths(
+        folder / f"{stem}.html", folder / f"{stem}.json", folder / f"{stem}.sha256"
+    )
     record = RunRecord(phase=phase, target=target.name, target_kind=target.kind, scrubber=scrubber)
     record.environment.update(
         {
@@ -139,7 +157,8 @@ def _ci_run_url() -> str:
     if os.environ.get("CI_RUN_URL"):
         return os.environ["CI_RUN_URL"]
     server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
-    return f"{server}/{os.environ.get('GITHUB_REPOSITORY', '')}/actions/runs/{os.environ['GITHUB_RUN_ID']}"
+    repository = os.environ.get("GITHUB_REPOSITORY", "")
+    return f"{server}/{repository}/actions/runs/{os.environ['GITHUB_RUN_ID']}"
 
 
 def _set_metadata(config: pytest.Config, state: RunState) -> None:
@@ -251,7 +270,11 @@ def pytest_runtest_makereport(
         outcome = "passed"
     elif report.skipped:
         outcome = "skipped"
-    elif call.excinfo is not None and call.excinfo.errisinstance(AssertionError) and report.when == "call":
+    elif (
+        call.excinfo is not None
+        and call.excinfo.errisinstance(AssertionError)
+        and report.when == "call"
+    ):
         outcome = "failed"
     else:
         outcome = "error"
@@ -266,12 +289,16 @@ def pytest_runtest_makereport(
             step_id=str(marker.args[0]),
             outcome=outcome,
             summary=summary,
-            evidence=list(item.stash.get(ITEM_EVIDENCE, [])),
+            evidence=_item_evidence(item),
             message=report.longreprtext if report.failed else "",
         )
     )
     _attach_evidence(report, item)
     return report
+
+
+def _item_evidence(item: pytest.Item) -> list[Evidence]:
+    return item.stash[ITEM_EVIDENCE].copy() if ITEM_EVIDENCE in item.stash else []
 
 
 def _is_final(report: pytest.TestReport) -> bool:
@@ -301,7 +328,7 @@ def _scrub_report(report: pytest.TestReport, scrubber: Scrubber) -> None:
 
 
 def _attach_evidence(report: pytest.TestReport, item: pytest.Item) -> None:
-    evidence = item.stash.get(ITEM_EVIDENCE, [])
+    evidence = _item_evidence(item)
     if not evidence:
         return
     try:
@@ -310,7 +337,11 @@ def _attach_evidence(report: pytest.TestReport, item: pytest.Item) -> None:
         return
     state = item.config.stash[RUN_STATE]
     body = "\n\n".join(f"## {e.label}\n{e.body}" for e in evidence)
-    report.extras = [*getattr(report, "extras", []), extras.text(state.scrubber.scrub(body), "evidence")]
+    # pytest-html reads report.extras; pytest's TestReport does not declare it.
+    report.extras = [  # type: ignore[attr-defined]
+        *getattr(report, "extras", []),
+        extras.text(state.scrubber.scrub(body), "evidence"),
+    ]
 
 
 class SignoffHtml:
@@ -343,7 +374,9 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
 
 
 @pytest.hookimpl(trylast=True)
-def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+def pytest_terminal_summary(
+    terminalreporter: pytest.TerminalReporter, config: pytest.Config
+) -> None:
     state = config.stash.get(RUN_STATE, None)
     if state is None or config.option.collectonly:
         return

@@ -113,7 +113,9 @@ def check_unique_constraint(connection: Connection, spec: UniqueSpec) -> CheckRe
             "The migration that adds it has not run, or was changed: check step 1.2 and the "
             "revision that creates the constraint."
         )
-    return failed(Failure(title, expected=wanted, seen="\n".join(seen_lines), remedy=remedy), *evidence)
+    return failed(
+        Failure(title, expected=wanted, seen="\n".join(seen_lines), remedy=remedy), *evidence
+    )
 
 
 def _db(connection: Connection) -> str:
@@ -127,7 +129,8 @@ _SNAPSHOT = text(
     WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
     UNION ALL
     SELECT 'column', c.relname || '.' || a.attname,
-           format_type(a.atttypid, a.atttypmod) || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
+           format_type(a.atttypid, a.atttypmod)
+           || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
            || coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), '')
     FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
     LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
@@ -171,7 +174,5 @@ def snapshot(connection: Connection) -> SchemaSnapshot:
     """The public schema's tables, columns, constraints and indexes (alembic_version excluded)."""
     rows = connection.execute(_SNAPSHOT)
     return SchemaSnapshot(
-        frozenset(
-            (r[0], r[1], r[2]) for r in rows if not r[1].startswith("alembic_version")
-        )
+        frozenset((r[0], r[1], r[2]) for r in rows if not r[1].startswith("alembic_version"))
     )

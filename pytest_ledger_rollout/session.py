@@ -23,9 +23,10 @@ from .targets import ResolvedTarget, ServerIdentity, open_engine, prove_identity
 
 # One advisory lock key per database for every destructive step of this plugin (positive, so
 # it reads back unchanged from pg_locks' classid/objid halves).
-MIGRATION_LOCK_KEY = int.from_bytes(
-    hashlib.sha256(b"pytest-ledger-rollout:migrations").digest()[:8], "big"
-) & 0x7FFF_FFFF_FFFF_FFFF
+MIGRATION_LOCK_KEY = (
+    int.from_bytes(hashlib.sha256(b"pytest-ledger-rollout:migrations").digest()[:8], "big")
+    & 0x7FFF_FFFF_FFFF_FFFF
+)
 
 
 class TargetRefused(RuntimeError):
@@ -59,13 +60,14 @@ def open_target_session(
     stack: ExitStack,
 ) -> TargetSession:
     ephemeral = None
+    server_addr: tuple[str, ...] = ()
     if target.kind == EPHEMERAL:
         assert target.config.ephemeral is not None
         ephemeral = start_ephemeral(target.config.ephemeral)
         stack.callback(ephemeral.stop)
         scrubber.register(ephemeral.password)
         url = ephemeral.url
-        expected_host, expected_db, server_addr = ephemeral.host, ephemeral.database, ()
+        expected_host, expected_db = ephemeral.host, ephemeral.database
     else:
         assert target.url is not None
         url = target.url
@@ -98,7 +100,9 @@ def _prepare_ephemeral(
 ) -> None:
     """Bring the throwaway database to the baseline revision, and let a local app see it."""
     with engine.connect() as connection:
-        AlembicProject(config.migrations.alembic_ini).upgrade(connection, config.migrations.baseline)
+        AlembicProject(config.migrations.alembic_ini).upgrade(
+            connection, config.migrations.baseline
+        )
     if target.config.app_host == "local://":
         variable = target.config.database_url_env
         previous = os.environ.get(variable)
@@ -135,7 +139,9 @@ def migration_lock(engine: Engine, kind: str, wait_ms: int) -> Iterator[Connecti
         )
     with engine.connect() as connection:
         restore = connection.execute(text("SHOW lock_timeout")).scalar_one()
-        connection.execute(text("SELECT set_config('lock_timeout', :ms, false)"), {"ms": f"{wait_ms}ms"})
+        connection.execute(
+            text("SELECT set_config('lock_timeout', :ms, false)"), {"ms": f"{wait_ms}ms"}
+        )
         try:
             connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
         except OperationalError:

@@ -138,7 +138,10 @@ def _addresses(host: str) -> set[str]:
 
 
 def prove_identity(
-    url: str, expected_host: str, expected_database: str, server_addr: tuple[str, ...],
+    url: str,
+    expected_host: str,
+    expected_database: str,
+    server_addr: tuple[str, ...],
     identity: ServerIdentity,
 ) -> CheckResult:
     """Host and database from the URL and from the server must match what the config expects."""

@@ -1,0 +1,119 @@
+"""Helpers for the tests: constants of the reference chain, scenario databases, phase runs."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, text
+
+from pytest_ledger_rollout.migrations import AlembicProject
+
+REPO = Path(__file__).resolve().parent.parent
+REFERENCE_BACKEND = REPO / "examples" / "reference_backend"
+CHAIN = (
+    "abcd1234_ledgertables",
+    "20251222_01_reconciliation_findings",
+    "20251222_02_reconciliation_findings_unique_idx",
+)
+HEAD = CHAIN[-1]
+
+
+@dataclass(frozen=True)
+class ScenarioDb:
+    name: str
+    url: str = field(repr=False)
+    engine: Engine
+
+    def execute(self, *statements: str) -> None:
+        with self.engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+
+    def scalar(self, query: str) -> object:
+        with self.engine.connect() as connection:
+            return connection.execute(text(query)).scalar()
+
+    def current(self) -> tuple[str, ...]:
+        with self.engine.connect() as connection:
+            return AlembicProject(REFERENCE_BACKEND / "alembic.ini").current(connection)
+
+    def upgrade(self, revision: str = "head") -> None:
+        with self.engine.connect() as connection:
+            AlembicProject(REFERENCE_BACKEND / "alembic.ini").upgrade(connection, revision)
+
+
+def write_config(
+    folder: Path,
+    *,
+    database: str,
+    alembic_ini: Path = REFERENCE_BACKEND / "alembic.ini",
+    expected_chain: tuple[str, ...] = CHAIN,
+    kind: str = "staging",
+    host: str = "127.0.0.1",
+    app_dir: Path | None = REFERENCE_BACKEND,
+    extra: str = "",
+) -> Path:
+    chain = ", ".join(f'"{rev}"' for rev in expected_chain)
+    app = f'app_host = "local://"\napp_dir = "{app_dir}"' if app_dir else ""
+    path = folder / "rollout.toml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            [migrations]
+            alembic_ini = "{alembic_ini}"
+            expected_chain = [{chain}]
+
+            [[schema.unique]]
+            table = "reconciliation_findings"
+            columns = ["provider", "provider_event_id", "finding_type"]
+            name = "uq_recon_provider_event_type"
+
+            [targets.local]
+            kind = "ephemeral"
+            provider = "local"
+            app_host = "local://"
+            app_dir = "{REFERENCE_BACKEND}"
+
+            [targets.staging]
+            kind = "{kind}"
+            database_url_env = "DATABASE_URL"
+            expect = {{ host = "{host}", database = "{database}" }}
+            """
+        )
+        + app
+        + "\n"
+        + extra
+    )
+    return path
+
+
+@dataclass
+class PhaseRun:
+    result: pytest.RunResult
+    reports: Path
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.result.outlines + self.result.errlines)
+
+    def artifact(self, suffix: str) -> Path:
+        found = sorted(self.reports.glob(f"*{suffix}"))
+        assert len(found) == 1, f"expected one {suffix} in {self.reports}: {found}"
+        return found[0]
+
+    def json(self) -> dict[str, object]:
+        data: dict[str, object] = json.loads(self.artifact(".json").read_text())
+        return data
+
+    def step(self, step_id: str) -> dict[str, object]:
+        steps = self.json()["steps"]
+        assert isinstance(steps, list)
+        return next(s for s in steps if s["id"] == step_id)
+
+
+RunPhase = Callable[..., PhaseRun]

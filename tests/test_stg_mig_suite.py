@@ -1,0 +1,285 @@
+"""The STG-MIG suite end to end on a real Postgres: the passing path and each seeded fault."""
+
+from __future__ import annotations
+
+import re
+import threading
+import time
+from pathlib import Path
+from urllib.parse import quote
+
+import pytest
+from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
+
+from pytest_ledger_rollout.session import MIGRATION_LOCK_KEY
+
+from .support import CHAIN, HEAD, RunPhase, ScenarioDb, write_config
+
+
+def test_staging_at_baseline_passes_every_step(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    config = write_config(tmp_path, database=scenario_db.name)
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.result.ret == 0, run.output
+    data = run.json()
+    assert data["verdict"] == "PASS"
+    assert data["rehearsal"] is False
+    assert [s["outcome"] for s in data["steps"]] == ["passed"] * 4  # type: ignore[index, union-attr]
+    assert scenario_db.current() == (HEAD,)
+    assert "app on local:// sees 127.0.0.1" in str(run.step("1.1")["evidence"])
+    assert re.search(r"VERDICT: stg-mig on staging \(staging\): PASS", run.output)
+    assert run.output.rstrip().splitlines()[-1].startswith("ledger-rollout verdict: stg-mig")
+
+
+def test_two_heads_fail_step_1_1(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    (backend_copy / "migrations" / "versions" / "branch_x.py").write_text(
+        'revision = "branch_x"\ndown_revision = "20251222_01_reconciliation_findings"\n'
+        "branch_labels = None\ndepends_on = None\n\n"
+        "def upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n"
+    )
+    config = write_config(
+        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini", app_dir=None
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.result.ret == 1
+    assert run.json()["verdict"] == "FAIL"
+    assert run.step("1.1")["outcome"] == "failed"
+    assert "The migration history has 2 heads" in run.output
+    assert "alembic merge -m 'merge heads'" in run.output
+
+
+def test_chain_differs_from_expected(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    expected = (CHAIN[0], "20251222_01_other_name", CHAIN[2])
+    config = write_config(
+        tmp_path, database=scenario_db.name, expected_chain=expected, app_dir=None
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.result.ret == 1
+    assert "The history chain ending at head differs from the expected chain" in run.output
+    assert "not in the history at all: 20251222_01_other_name" in run.output
+
+
+def test_missing_constraint_fails_step_1_3(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    scenario_db.upgrade("head")
+    scenario_db.execute(
+        "ALTER TABLE reconciliation_findings DROP CONSTRAINT uq_recon_provider_event_type"
+    )
+    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.3")["outcome"] == "failed"
+    assert "has no UNIQUE constraint over (provider, provider_event_id, finding_type)" in run.output
+    assert run.json()["verdict"] == "FAIL"
+
+
+def test_unique_index_is_not_a_constraint(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    scenario_db.upgrade("head")
+    scenario_db.execute(
+        "ALTER TABLE reconciliation_findings DROP CONSTRAINT uq_recon_provider_event_type",
+        "CREATE UNIQUE INDEX uq_recon_idx ON reconciliation_findings"
+        " (provider, provider_event_id, finding_type)",
+    )
+    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.3")["outcome"] == "failed"
+    assert "has a unique index, not a UNIQUE constraint" in run.output
+    assert (
+        "ADD CONSTRAINT uq_recon_provider_event_type UNIQUE USING INDEX uq_recon_idx" in run.output
+    )
+
+
+def test_table_created_outside_alembic_explains_drift(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    scenario_db.execute("CREATE TABLE reconciliation_findings (id bigint)")
+    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.2")["outcome"] == "failed"
+    output = run.output
+    assert "an object it creates already exists" in output
+    assert "alembic_version says abcd1234_ledgertables" in output
+    assert "reset the staging database, then a clean `alembic upgrade head`" in output
+    assert "`alembic stamp <rev>`" in output
+    # The failed upgrade was rolled back, and the smoke builds on 1.2, so it did not run.
+    assert scenario_db.current() == (CHAIN[0],)
+    assert run.step("1.4")["outcome"] == "not run"
+
+
+def test_downgrade_that_does_nothing_fails_the_smoke(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    head_file = backend_copy / "migrations" / "versions" / f"{HEAD}.py"
+    source = head_file.read_text()
+    head_file.write_text(
+        source.split("def downgrade() -> None:")[0] + "def downgrade() -> None:\n    pass\n"
+    )
+    config = write_config(
+        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini", app_dir=None
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.2")["outcome"] == "passed"
+    assert run.step("1.4")["outcome"] == "failed"
+    assert "`alembic downgrade -1` changed no schema object" in run.output
+    assert f"Fix the downgrade() of {HEAD}" in run.output
+
+
+def test_app_that_sees_another_database_fails_1_1(
+    scenario_db: ScenarioDb,
+    tmp_path: Path,
+    backend_copy: Path,
+    run_phase: RunPhase,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # The app's Alembic reads APP_DATABASE_URL: a database that is already at head.
+    env_py = backend_copy / "migrations" / "env.py"
+    env_py.write_text(env_py.read_text().replace('"DATABASE_URL", ""', '"APP_DATABASE_URL", ""'))
+    at_baseline = scenario_db.url.replace(scenario_db.name, "tmpl_baseline")
+    monkeypatch.setenv("APP_DATABASE_URL", at_baseline)
+    config = write_config(tmp_path, database=scenario_db.name, app_dir=backend_copy)
+    scenario_db.upgrade("head")
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.1")["outcome"] == "failed"
+    assert "The app's Alembic does not see the database the suite checks" in run.output
+    assert f"the app's `alembic current` says {CHAIN[0]}" in run.output
+
+
+def test_wrong_identity_stops_before_touching_the_database(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    config = write_config(tmp_path, database="ledger_staging")
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.result.ret == 1
+    assert "Connected to the wrong database" in run.output
+    assert "Nothing was run against this database." in run.output
+    assert run.json()["verdict"] == "FAIL"
+    assert scenario_db.current() == (CHAIN[0],)
+    run.result.assert_outcomes()  # no check ran
+
+
+def test_stg_mig_on_production_target_is_a_usage_error(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    config = write_config(tmp_path, database=scenario_db.name, kind="production")
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "phase stg-mig may not run against production target 'staging'" in run.output
+    assert scenario_db.current() == (CHAIN[0],)
+    assert not run.reports.exists()
+
+
+def test_held_table_lock_fails_within_lock_timeout(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    config = write_config(
+        tmp_path,
+        database=scenario_db.name,
+        app_dir=None,
+        extra="[session]\nlock_timeout_ms = 300\nstatement_timeout_ms = 5000\n",
+    )
+    holder = scenario_db.engine.connect()
+    holder.execute(text("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE"))
+    try:
+        started = time.monotonic()
+        run = run_phase(config, "--target=staging", url=scenario_db.url)
+        elapsed = time.monotonic() - started
+    finally:
+        holder.rollback()
+        holder.close()
+    assert run.step("1.1")["outcome"] == "failed"
+    assert run.step("1.2")["outcome"] == "failed"
+    assert "canceling statement due to lock timeout" in run.output
+    assert elapsed < 15, f"the run hung behind the lock for {elapsed:.1f}s"
+
+
+def test_second_run_waits_for_the_migration_lock_then_fails(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    config = write_config(
+        tmp_path,
+        database=scenario_db.name,
+        app_dir=None,
+        extra="[session]\nmigration_lock_wait_ms = 500\n",
+    )
+    other_run = scenario_db.engine.connect()
+    other_run.execute(text("SET application_name = 'pytest-ledger-rollout/stg-mig'"))
+    other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    other_run.commit()
+    try:
+        run = run_phase(config, "--target=staging", url=scenario_db.url)
+    finally:
+        other_run.close()
+    assert run.step("1.2")["outcome"] == "failed"
+    assert "Another run holds this database's migration lock" in run.output
+    assert "held by pid" in run.output and "pytest-ledger-rollout/stg-mig" in run.output
+    assert scenario_db.current() == (CHAIN[0],)
+
+
+def test_password_never_reaches_any_artifact(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase, admin_engine: Engine
+) -> None:
+    password = "p@ss:w/rd%?#&'xZq9"
+    quoted_sql = password.replace("'", "''")
+    with admin_engine.connect() as connection:
+        connection.execute(text("DROP ROLE IF EXISTS release_engineer"))
+        connection.execute(
+            text(f"CREATE ROLE release_engineer LOGIN SUPERUSER PASSWORD '{quoted_sql}'")
+        )
+    server = make_url(scenario_db.url)
+    url = server.set(username="release_engineer", password=password).render_as_string(
+        hide_password=False
+    )
+    # A failing run, so failure text and tracebacks are part of what is checked.
+    scenario_db.execute("CREATE TABLE reconciliation_findings (id bigint)")
+    config = write_config(tmp_path, database=scenario_db.name)
+    run = run_phase(config, "--target=staging", "-rA", url=url)
+    assert run.step("1.1")["outcome"] == "passed", run.output
+    artifacts = {
+        "terminal": run.output,
+        "html": run.artifact(".html").read_text(),
+        "json": run.artifact(".json").read_text(),
+    }
+    for name, content in artifacts.items():
+        for form in (password, quote(password, safe=""), quote(password)):
+            assert form not in content, f"password form {form!r} leaked into the {name}"
+        assert "release_engineer:" not in content, f"user info leaked into the {name}"
+    assert (
+        f"127.0.0.1:{scenario_db.url.split(':')[3].split('/')[0]}/{scenario_db.name}"
+        in artifacts["html"]
+    )
+
+
+def test_concurrent_lock_holder_released_lets_the_run_proceed(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    """A second run waits briefly: a lock released within the wait is taken, not refused."""
+    config = write_config(
+        tmp_path,
+        database=scenario_db.name,
+        app_dir=None,
+        extra="[session]\nmigration_lock_wait_ms = 5000\n",
+    )
+    other_run = scenario_db.engine.connect()
+    other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    other_run.commit()
+
+    def release() -> None:
+        other_run.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        other_run.commit()
+
+    releaser = threading.Timer(0.5, release)
+    releaser.start()
+    try:
+        run = run_phase(config, "--target=staging", url=scenario_db.url)
+    finally:
+        releaser.join()
+        other_run.close()
+    assert run.json()["verdict"] == "PASS", run.output

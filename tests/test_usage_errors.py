@@ -1,0 +1,115 @@
+"""Usage errors stop the run with exit 4 before anything connects, each naming cause and fix."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from pytest_ledger_rollout.config import ConfigError, load_config
+
+from .support import RunPhase, write_config
+
+USAGE = pytest.ExitCode.USAGE_ERROR
+
+
+@pytest.fixture
+def config(tmp_path: Path) -> Path:
+    return write_config(tmp_path, database="ledger")
+
+
+def test_unknown_target(config: Path, run_phase: RunPhase) -> None:
+    run = run_phase(config, "--target=stagin")
+    assert run.result.ret == USAGE
+    assert "unknown target 'stagin': use one of local, staging" in run.output
+
+
+def test_url_variable_unset(config: Path, run_phase: RunPhase) -> None:
+    run = run_phase(config, "--target=staging", url=None)
+    assert run.result.ret == USAGE
+    assert "reads its database URL from $DATABASE_URL, which is unset" in run.output
+
+
+def test_sqlite_is_not_a_reference(config: Path, run_phase: RunPhase) -> None:
+    run = run_phase(config, "--target=staging", url="sqlite:///dev.db")
+    assert run.result.ret == USAGE
+    assert "points at sqlite, not PostgreSQL" in run.output
+
+
+def test_unknown_phase(config: Path, run_phase: RunPhase) -> None:
+    run = run_phase(config, phase="stg-migration")
+    assert run.result.ret == USAGE
+    assert "unknown --phase 'stg-migration': use one of stg-mig, stg-roll" in run.output
+
+
+def test_phase_without_checks_is_an_error_not_exit_5(config: Path, run_phase: RunPhase) -> None:
+    run = run_phase(config, "--target=staging", url="postgresql://u@h/db", phase="prd-ga")
+    assert run.result.ret == USAGE
+    assert "phase prd-ga has no checks" in run.output
+
+
+def test_selection_that_leaves_no_check_is_an_error(config: Path, run_phase: RunPhase) -> None:
+    run = run_phase(config, "-k", "no_such_check")
+    assert run.result.ret == USAGE
+    assert "phase stg-mig selected no check" in run.output
+
+
+def test_invalid_config_names_the_key(tmp_path: Path, run_phase: RunPhase) -> None:
+    config = write_config(tmp_path, database="ledger", kind="prod")
+    run = run_phase(config, "--target=staging")
+    assert run.result.ret == USAGE
+    assert "targets.staging.kind: must be one of ephemeral, staging, production" in run.output
+
+
+def test_missing_config_file(tmp_path: Path, run_phase: RunPhase) -> None:
+    run = run_phase(tmp_path / "nope.toml")
+    assert run.result.ret == USAGE
+    assert "nope.toml: <file>: cannot read" in run.output
+
+
+def test_phase_from_ini_and_command_line_wins(
+    config: Path, run_phase: RunPhase, pytester: pytest.Pytester
+) -> None:
+    pytester.makeini("[pytest]\nrollout_phase = stg-roll\nrollout_target = nowhere\n")
+    run = run_phase(config)  # --phase=stg-mig on the command line
+    assert run.result.ret == USAGE
+    # The phase came from the command line, the target from the ini file.
+    assert "unknown target 'nowhere'" in run.output
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key", "problem"),
+    [
+        ("[migrations]\nexpected_chain = ['a']\n", "migrations.alembic_ini", "required"),
+        ("[migrations]\nalembic_ini = 'x.ini'\n", "migrations.alembic_ini", "no such file"),
+        ("[bogus]\n", "bogus", "unknown key"),
+        ("[migrations\n", "<file>", "not valid TOML"),
+    ],
+)
+def test_config_errors_name_the_key(tmp_path: Path, snippet: str, key: str, problem: str) -> None:
+    path = tmp_path / "rollout.toml"
+    path.write_text(snippet + "[targets.local]\nkind = 'ephemeral'\n")
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.key == key
+    assert problem in str(raised.value)
+
+
+def test_baseline_must_be_in_the_chain(tmp_path: Path) -> None:
+    path = write_config(tmp_path, database="ledger")
+    path.write_text(
+        path.read_text().replace("expected_chain", "baseline = 'zzz'\nexpected_chain", 1)
+    )
+    with pytest.raises(ConfigError, match=r"migrations\.baseline: 'zzz' is not in expected_chain"):
+        load_config(path)
+
+
+def test_shipped_config_loads_with_three_targets() -> None:
+    config = load_config(Path(__file__).resolve().parent.parent / "rollout.toml")
+    assert {name: t.kind for name, t in config.targets.items()} == {
+        "local": "ephemeral",
+        "staging": "staging",
+        "prod": "production",
+    }
+    assert config.migrations.baseline == config.migrations.expected_chain[0]
+    assert config.unique[0].name == "uq_recon_provider_event_type"
