@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import shlex
-from dataclasses import dataclass
+from concurrent.futures import ThreadPoolExecutor
 
 import testinfra
 
@@ -14,12 +14,6 @@ from .results import CheckResult, Evidence, Failure, failed, passed
 # The runbook's own probe (step 1.1): prints the part of the URL after '@'.
 _URL_PROBE = "import os; u=os.getenv({var!r},''); print(u.split('@')[-1] if '@' in u else u)"
 _REVISION = re.compile(r"^(\S+)(?: \((?:head|mergepoint|branchpoint|effective head)[^)]*\))*$")
-
-
-@dataclass(frozen=True)
-class AppView:
-    host_db: str  # host[:port]/database as the app's environment names it
-    revisions: tuple[str, ...]
 
 
 def run_on_app_host(host_spec: str, app_dir: str, command: str) -> tuple[int, str]:
@@ -37,10 +31,11 @@ def check_app_sees_same_database(
     scrubber: Scrubber,
 ) -> CheckResult:
     """Runbook 1.1 on the app host: the app's Alembic sees the suite's database and revision."""
-    probe_rc, probe_out = run_on_app_host(
-        host_spec, app_dir, f"python -c {shlex.quote(_URL_PROBE.format(var=url_env))}"
-    )
-    current_rc, current_out = run_on_app_host(host_spec, app_dir, "alembic current")
+    commands = (f"python -c {shlex.quote(_URL_PROBE.format(var=url_env))}", "alembic current")
+    with ThreadPoolExecutor(max_workers=len(commands)) as pool:  # both only read
+        (probe_rc, probe_out), (current_rc, current_out) = pool.map(
+            lambda command: run_on_app_host(host_spec, app_dir, command), commands
+        )
     probe_out, current_out = scrubber.scrub(probe_out), scrubber.scrub(current_out)
     app_db = _host_db(probe_out.strip().splitlines()[-1] if probe_out.strip() else "")
     revisions = tuple(

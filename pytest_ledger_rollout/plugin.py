@@ -17,11 +17,11 @@ from . import __version__, fixtures
 from .config import ConfigError, load_config
 from .evidence import PASS, CheckRecord, RunRecord, write_checksums, write_json
 from .masking import Scrubber, mask_url
-from .phases import PHASES, Phase
+from .phases import EPHEMERAL, PHASES, Phase
 from .postgres import EphemeralUnavailable
 from .report import summary_html, terminal_lines, verdict_line
 from .results import Evidence
-from .session import TargetRefused, open_target_session
+from .session import TargetRefused, open_target_session, start_in_background
 from .state import ITEM_EVIDENCE, ITEM_SUMMARY, RUN_STATE, RunState, SignoffPaths
 from .targets import TargetError, resolve_target
 
@@ -88,6 +88,10 @@ def pytest_configure(config: pytest.Config) -> None:
     if not config.args or config.args_source != pytest.Config.ArgsSource.ARGS:
         config.args = [str(_suite_dir(state.phase))]
     _set_metadata(config, state)
+    if state.target.kind == EPHEMERAL and not config.option.collectonly:
+        state.ephemeral_start = start_in_background(
+            state.config, state.target, state.phase.name, state.stack
+        )
 
 
 def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
@@ -231,7 +235,12 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         return
     try:
         state.session = open_target_session(
-            state.config, state.target, state.phase.name, state.scrubber, state.stack
+            state.config,
+            state.target,
+            state.phase.name,
+            state.scrubber,
+            state.stack,
+            state.ephemeral_start,
         )
     except EphemeralUnavailable as exc:
         state.record.aborted = f"No ephemeral Postgres could be started: {exc}"

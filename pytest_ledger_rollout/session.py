@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import os
 from collections.abc import Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 
@@ -17,7 +18,7 @@ from .config import RolloutConfig
 from .masking import Scrubber, mask_url
 from .migrations import AlembicProject
 from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION
-from .postgres import EphemeralServer, start_ephemeral
+from .postgres import EphemeralServer, EphemeralSettings, start_ephemeral
 from .results import CheckResult, Failure
 from .targets import ResolvedTarget, ServerIdentity, open_engine, prove_identity, read_identity
 
@@ -52,19 +53,60 @@ class TargetSession:
         return mask_url(self.url)
 
 
+def start_in_background(
+    config: RolloutConfig, target: ResolvedTarget, phase: str, stack: ExitStack
+) -> Future[EphemeralServer]:
+    """Start the throwaway server and bring it to the baseline while pytest collects.
+
+    Whatever happens to the run, the server is stopped when the stack closes."""
+    assert target.config.ephemeral is not None
+    executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-rollout-pg")
+    future = executor.submit(_start_at_baseline, config, target.config.ephemeral, phase)
+    executor.shutdown(wait=False)
+    stack.callback(_stop_once_started, future)
+    return future
+
+
+def _start_at_baseline(
+    config: RolloutConfig, settings: EphemeralSettings, phase: str
+) -> EphemeralServer:
+    server = start_ephemeral(settings)
+    try:
+        engine = open_engine(server.url, EPHEMERAL, phase, config.session)
+        with engine.connect() as connection:
+            AlembicProject(config.migrations.alembic_ini).upgrade(
+                connection, config.migrations.baseline
+            )
+        engine.dispose()
+    except BaseException:
+        server.stop()
+        raise
+    return server
+
+
+def _stop_once_started(future: Future[EphemeralServer]) -> None:
+    try:
+        server = future.result()
+    except BaseException:  # it never started; the run already reported why
+        return
+    server.stop()
+
+
 def open_target_session(
     config: RolloutConfig,
     target: ResolvedTarget,
     phase: str,
     scrubber: Scrubber,
     stack: ExitStack,
+    ephemeral_start: Future[EphemeralServer] | None = None,
 ) -> TargetSession:
+    """Connect, prove identity, and check the kind's safety settings before any check runs."""
     ephemeral = None
     server_addr: tuple[str, ...] = ()
     if target.kind == EPHEMERAL:
-        assert target.config.ephemeral is not None
-        ephemeral = start_ephemeral(target.config.ephemeral)
-        stack.callback(ephemeral.stop)
+        if ephemeral_start is None:
+            ephemeral_start = start_in_background(config, target, phase, stack)
+        ephemeral = ephemeral_start.result()
         scrubber.register(ephemeral.password)
         url = ephemeral.url
         expected_host, expected_db = ephemeral.host, ephemeral.database
@@ -90,24 +132,16 @@ def open_target_session(
                 "transaction_read_only = off",
             )
         )
-    if ephemeral is not None:
-        _prepare_ephemeral(config, target, engine, url, stack)
+    if ephemeral is not None and target.config.app_host == "local://":
+        # The app on this machine reads the throwaway database like the suite does.
+        _export(target.config.database_url_env, url, stack)
     return TargetSession(target, url, engine, identity, result, ephemeral)
 
 
-def _prepare_ephemeral(
-    config: RolloutConfig, target: ResolvedTarget, engine: Engine, url: str, stack: ExitStack
-) -> None:
-    """Bring the throwaway database to the baseline revision, and let a local app see it."""
-    with engine.connect() as connection:
-        AlembicProject(config.migrations.alembic_ini).upgrade(
-            connection, config.migrations.baseline
-        )
-    if target.config.app_host == "local://":
-        variable = target.config.database_url_env
-        previous = os.environ.get(variable)
-        os.environ[variable] = url
-        stack.callback(_restore_env, variable, previous)
+def _export(variable: str, value: str, stack: ExitStack) -> None:
+    previous = os.environ.get(variable)
+    os.environ[variable] = value
+    stack.callback(_restore_env, variable, previous)
 
 
 def _restore_env(variable: str, previous: str | None) -> None:

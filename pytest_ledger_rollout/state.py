@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from concurrent.futures import Future
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +13,7 @@ from .config import RolloutConfig
 from .evidence import RunRecord
 from .masking import Scrubber
 from .phases import Phase
+from .postgres import EphemeralServer
 from .results import Evidence
 from .session import TargetSession
 from .targets import ResolvedTarget
@@ -33,6 +35,7 @@ class RunState:
     scrubber: Scrubber
     paths: SignoffPaths
     stack: ExitStack = field(default_factory=ExitStack)
+    ephemeral_start: Future[EphemeralServer] | None = None  # started while pytest collects
     session: TargetSession | None = None
 
 

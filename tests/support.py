@@ -7,6 +7,7 @@ import textwrap
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, text
@@ -106,11 +107,11 @@ class PhaseRun:
         assert len(found) == 1, f"expected one {suffix} in {self.reports}: {found}"
         return found[0]
 
-    def json(self) -> dict[str, object]:
-        data: dict[str, object] = json.loads(self.artifact(".json").read_text())
+    def json(self) -> dict[str, Any]:
+        data: dict[str, Any] = json.loads(self.artifact(".json").read_text())
         return data
 
-    def step(self, step_id: str) -> dict[str, object]:
+    def step(self, step_id: str) -> dict[str, Any]:
         steps = self.json()["steps"]
         assert isinstance(steps, list)
         return next(s for s in steps if s["id"] == step_id)

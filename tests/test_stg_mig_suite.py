@@ -26,7 +26,7 @@ def test_staging_at_baseline_passes_every_step(
     data = run.json()
     assert data["verdict"] == "PASS"
     assert data["rehearsal"] is False
-    assert [s["outcome"] for s in data["steps"]] == ["passed"] * 4  # type: ignore[index, union-attr]
+    assert [s["outcome"] for s in data["steps"]] == ["passed"] * 4
     assert scenario_db.current() == (HEAD,)
     assert "app on local:// sees 127.0.0.1" in str(run.step("1.1")["evidence"])
     assert re.search(r"VERDICT: stg-mig on staging \(staging\): PASS", run.output)

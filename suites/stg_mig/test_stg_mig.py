@@ -19,7 +19,9 @@ from pytest_ledger_rollout.session import TargetSession
 
 
 @pytest.mark.dod("1.1")
-def test_connected_to_expected_database(rollout_target: TargetSession, evidence: StepRecorder):
+def test_connected_to_expected_database(
+    rollout_target: TargetSession, evidence: StepRecorder
+) -> None:
     """Connected to the expected database (host and database from URL and server)"""
     evidence.check(rollout_target.identity_result)
 
@@ -27,13 +29,13 @@ def test_connected_to_expected_database(rollout_target: TargetSession, evidence:
 @pytest.mark.dod("1.1")
 def test_alembic_current_not_empty(
     db: Connection, alembic_project: AlembicProject, evidence: StepRecorder
-):
+) -> None:
     """`alembic current` is not empty"""
     evidence.check(check_current_not_empty(alembic_project, db))
 
 
 @pytest.mark.dod("1.1")
-def test_history_has_one_head(alembic_project: AlembicProject, evidence: StepRecorder):
+def test_history_has_one_head(alembic_project: AlembicProject, evidence: StepRecorder) -> None:
     """The history has exactly one head"""
     evidence.check(check_single_head(alembic_project))
 
@@ -41,7 +43,7 @@ def test_history_has_one_head(alembic_project: AlembicProject, evidence: StepRec
 @pytest.mark.dod("1.1")
 def test_history_chain_is_expected(
     alembic_project: AlembicProject, rollout_config: RolloutConfig, evidence: StepRecorder
-):
+) -> None:
     """The history chain ending at head is the expected chain"""
     evidence.check(check_history_chain(alembic_project, rollout_config.migrations.expected_chain))
 
@@ -52,7 +54,7 @@ def test_app_alembic_sees_same_database(
     db: Connection,
     alembic_project: AlembicProject,
     evidence: StepRecorder,
-):
+) -> None:
     """The app's Alembic sees the same database and revision"""
     target = rollout_target.target.config
     if not (target.app_host and target.app_dir):
@@ -72,7 +74,7 @@ def test_app_alembic_sees_same_database(
 @pytest.mark.dod("1.2")
 def test_upgrade_head(
     migration_connection: Connection, alembic_project: AlembicProject, evidence: StepRecorder
-):
+) -> None:
     """`alembic upgrade head` finishes without error and current is head"""
     evidence.check(check_upgrade_head(alembic_project, migration_connection))
 
@@ -80,7 +82,7 @@ def test_upgrade_head(
 @pytest.mark.dod("1.3")
 def test_table_and_unique_constraint(
     db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
-):
+) -> None:
     """Table exists with the UNIQUE constraint over the configured columns"""
     evidence.check(*(check_unique_constraint(db, spec) for spec in rollout_config.unique))
 
@@ -91,7 +93,7 @@ def test_downgrade_upgrade_smoke(
     alembic_project: AlembicProject,
     rollout_config: RolloutConfig,
     evidence: StepRecorder,
-):
+) -> None:
     """`alembic downgrade -1` then `alembic upgrade head`, both proven on the schema"""
     evidence.require("1.2")
     evidence.check(

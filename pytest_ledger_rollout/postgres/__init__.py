@@ -1,0 +1,85 @@
+"""Throwaway PostgreSQL servers for the rollout suites.
+
+Two providers: ``testcontainers`` (a pinned image in Docker) and ``local`` (the PostgreSQL
+server binaries installed on this machine). ``auto`` picks testcontainers when a Docker engine
+answers, else local binaries.
+
+The providers are imported inside :func:`start_ephemeral` so that importing this package stays
+cheap (testcontainers pulls in SQLAlchemy) and the watchdog child starts fast.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+from urllib.parse import quote
+
+__all__ = ["EphemeralServer", "EphemeralSettings", "EphemeralUnavailable", "start_ephemeral"]
+
+PROVIDERS = ("auto", "testcontainers", "local")
+
+
+@dataclass(frozen=True)
+class EphemeralSettings:
+    provider: str = "auto"  # "auto" | "testcontainers" | "local"
+    image: str = "postgres:15.8-alpine"  # pinned image for testcontainers
+    bindir: str | None = None  # folder of initdb/pg_ctl/postgres; overrides every other source
+    # Only used when running as root (initdb refuses root); default "postgres", else "nobody".
+    run_as: str | None = None
+    database: str = "ledger"  # database created on the server
+
+    def __post_init__(self) -> None:
+        if self.provider not in PROVIDERS:
+            raise ValueError(f"provider must be one of {', '.join(PROVIDERS)}: {self.provider!r}")
+
+
+class EphemeralUnavailable(RuntimeError):
+    """No provider can start a server here; the message says what to install or do."""
+
+
+@dataclass(eq=False)
+class EphemeralServer(ABC):
+    """A running throwaway server; ``stop()`` (or leaving the ``with`` block) removes it."""
+
+    provider: str  # "local" or "testcontainers"
+    host: str
+    port: int
+    user: str
+    password: str = field(repr=False)  # raw superuser password, for secret scrubbing
+    database: str
+
+    @property
+    def url(self) -> str:
+        """SQLAlchemy URL; the same shape for every provider."""
+        return (
+            f"postgresql+psycopg://{quote(self.user, safe='')}:{quote(self.password, safe='')}"
+            f"@{self.host}:{self.port}/{quote(self.database, safe='')}"
+        )
+
+    @abstractmethod
+    def stop(self) -> None:
+        """Idempotent: afterwards no server process or container and no temp files remain."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def start_ephemeral(settings: EphemeralSettings) -> EphemeralServer:
+    from . import containers, local
+
+    if settings.provider != "local":
+        if containers.docker_engine_available():
+            return containers.start(settings)
+        if settings.provider == "testcontainers":
+            raise EphemeralUnavailable(containers.NO_ENGINE)
+    return local.start(settings)
