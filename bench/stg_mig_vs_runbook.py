@@ -23,16 +23,13 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.migrations import AlembicProject
 from pytest_ledger_rollout.postgres import EphemeralServer, EphemeralSettings, start_ephemeral
 
 REPO = Path(__file__).resolve().parent.parent
 BACKEND = REPO / "examples" / "reference_backend"
-CHAIN = (
-    "abcd1234_ledgertables",
-    "20251222_01_reconciliation_findings",
-    "20251222_02_reconciliation_findings_unique_idx",
-)
+CHAIN = load_config(REPO / "rollout.toml").migrations.expected_chain
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 URL_PROBE = "import os; u=os.getenv('DATABASE_URL',''); print(u.split('@')[-1] if '@' in u else u)"
 PSQL_CHECKS = (

@@ -12,15 +12,12 @@ from typing import Any
 import pytest
 from sqlalchemy import Engine, text
 
+from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.migrations import AlembicProject
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_BACKEND = REPO / "examples" / "reference_backend"
-CHAIN = (
-    "abcd1234_ledgertables",
-    "20251222_01_reconciliation_findings",
-    "20251222_02_reconciliation_findings_unique_idx",
-)
+CHAIN = load_config(REPO / "rollout.toml").migrations.expected_chain
 HEAD = CHAIN[-1]
 
 

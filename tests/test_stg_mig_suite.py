@@ -17,6 +17,12 @@ from pytest_ledger_rollout.session import MIGRATION_LOCK_KEY
 from .support import CHAIN, HEAD, RunPhase, ScenarioDb, write_config
 
 
+def session_config(folder: Path, db: ScenarioDb, **limits: int) -> Path:
+    """A staging config for ``db`` with [session] limits, and no app host."""
+    session = "".join(f"{key} = {value}\n" for key, value in limits.items())
+    return write_config(folder, database=db.name, app_dir=None, extra=f"[session]\n{session}")
+
+
 def test_staging_at_baseline_passes_every_step(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
@@ -179,12 +185,7 @@ def test_stg_mig_on_production_target_is_a_usage_error(
 def test_held_table_lock_fails_within_lock_timeout(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
-    config = write_config(
-        tmp_path,
-        database=scenario_db.name,
-        app_dir=None,
-        extra="[session]\nlock_timeout_ms = 300\nstatement_timeout_ms = 5000\n",
-    )
+    config = session_config(tmp_path, scenario_db, lock_timeout_ms=300, statement_timeout_ms=5000)
     holder = scenario_db.engine.connect()
     holder.execute(text("LOCK TABLE alembic_version IN ACCESS EXCLUSIVE MODE"))
     try:
@@ -203,12 +204,7 @@ def test_held_table_lock_fails_within_lock_timeout(
 def test_second_run_waits_for_the_migration_lock_then_fails(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
-    config = write_config(
-        tmp_path,
-        database=scenario_db.name,
-        app_dir=None,
-        extra="[session]\nmigration_lock_wait_ms = 500\n",
-    )
+    config = session_config(tmp_path, scenario_db, migration_lock_wait_ms=500)
     other_run = scenario_db.engine.connect()
     other_run.execute(text("SET application_name = 'pytest-ledger-rollout/stg-mig'"))
     other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
@@ -251,22 +247,14 @@ def test_password_never_reaches_any_artifact(
         for form in (password, quote(password, safe=""), quote(password)):
             assert form not in content, f"password form {form!r} leaked into the {name}"
         assert "release_engineer:" not in content, f"user info leaked into the {name}"
-    assert (
-        f"127.0.0.1:{scenario_db.url.split(':')[3].split('/')[0]}/{scenario_db.name}"
-        in artifacts["html"]
-    )
+    assert f"127.0.0.1:{server.port}/{scenario_db.name}" in artifacts["html"]
 
 
 def test_concurrent_lock_holder_released_lets_the_run_proceed(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
     """A second run waits briefly: a lock released within the wait is taken, not refused."""
-    config = write_config(
-        tmp_path,
-        database=scenario_db.name,
-        app_dir=None,
-        extra="[session]\nmigration_lock_wait_ms = 5000\n",
-    )
+    config = session_config(tmp_path, scenario_db, migration_lock_wait_ms=5000)
     other_run = scenario_db.engine.connect()
     other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
     other_run.commit()

@@ -10,6 +10,7 @@ cheap (testcontainers pulls in SQLAlchemy) and the watchdog child starts fast.
 
 from __future__ import annotations
 
+import atexit
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from types import TracebackType
@@ -58,9 +59,19 @@ class EphemeralServer(ABC):
             f"@{self.host}:{self.port}/{quote(self.database, safe='')}"
         )
 
-    @abstractmethod
+    stopped: bool = field(default=False, init=False, repr=False)
+
     def stop(self) -> None:
         """Idempotent: afterwards no server process or container and no temp files remain."""
+        if self.stopped:
+            return
+        self.stopped = True
+        atexit.unregister(self.stop)
+        self._shut_down()
+
+    @abstractmethod
+    def _shut_down(self) -> None:
+        """Remove the server; called once."""
 
     def __enter__(self) -> Self:
         return self

@@ -33,13 +33,8 @@ CONTAINER_PORT = 5432
 @dataclass(eq=False)
 class ContainerServer(EphemeralServer):
     container: PostgresContainer = field(repr=False)
-    stopped: bool = field(default=False, repr=False)
 
-    def stop(self) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        atexit.unregister(self.stop)
+    def _shut_down(self) -> None:
         self.container.stop()  # removes the container and its volumes
 
 

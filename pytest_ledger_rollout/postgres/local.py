@@ -58,13 +58,8 @@ START_ATTEMPTS = 5  # a new free port per attempt, in case another process grabs
 class LocalServer(EphemeralServer):
     cluster: Cluster
     guard: subprocess.Popen[bytes] = field(repr=False)  # the watchdog; EOF on its stdin = clean up
-    stopped: bool = field(default=False, repr=False)
 
-    def stop(self) -> None:
-        if self.stopped:
-            return
-        self.stopped = True
-        atexit.unregister(self.stop)
+    def _shut_down(self) -> None:
         try:
             watchdog.shutdown(self.cluster, spare={self.guard.pid})
         finally:
