@@ -1,0 +1,157 @@
+"""Flag sources (sql, http on loopback, file) and the flag checks, both ways."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+
+from pytest_ledger_rollout.flags import (
+    FILE,
+    HTTP,
+    SQL,
+    FlagSourceConfig,
+    FlagSourceError,
+    check_flip_order,
+    check_on_everywhere,
+    read_flags,
+)
+
+from .support import ScenarioDb
+
+ORDER = (
+    "ledger_shadow_write",
+    "ledger_balance_mismatch_log",
+    "webhook_signature_enforced",
+    "ledger_enforce_balance",
+)
+QUERY = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM feature_flags"
+
+
+@pytest.fixture
+def flags_db(scenario_db: ScenarioDb) -> ScenarioDb:
+    """The four flags on globally, flipped a minute apart in runbook order."""
+    scenario_db.upgrade("head")
+    scenario_db.execute(
+        "INSERT INTO tenants (id, name) VALUES ('t-001', 'one')",
+        "INSERT INTO feature_flags (key, enabled, changed_at)"
+        " SELECT key, true, now() - (5 - i) * interval '1 minute'"
+        " FROM unnest(ARRAY['ledger_shadow_write', 'ledger_balance_mismatch_log',"
+        " 'webhook_signature_enforced', 'ledger_enforce_balance']) WITH ORDINALITY AS f(key, i)",
+    )
+    return scenario_db
+
+
+SQL_FLAGS = FlagSourceConfig(SQL, query=QUERY)
+
+
+def test_sql_source_all_on_in_order_passes(flags_db: ScenarioDb) -> None:
+    with flags_db.engine.connect() as connection:
+        states = read_flags(SQL_FLAGS, connection)
+    assert check_on_everywhere(states, ORDER).ok
+    assert check_flip_order(states, ORDER).summary.startswith("flipped in order")
+
+
+def test_tenant_override_off_fails(flags_db: ScenarioDb) -> None:
+    flags_db.execute(
+        "INSERT INTO feature_flags (key, tenant_id, enabled) VALUES"
+        " ('ledger_enforce_balance', 't-001', false)"
+    )
+    with flags_db.engine.connect() as connection:
+        states = read_flags(SQL_FLAGS, connection)
+    result = check_on_everywhere(states, ["ledger_enforce_balance"])
+    assert result.failure is not None
+    assert "ledger_enforce_balance: overridden off for t-001" in result.failure.seen
+
+
+def test_flag_off_or_missing_fails(flags_db: ScenarioDb) -> None:
+    flags_db.execute("UPDATE feature_flags SET enabled = false WHERE key = 'ledger_shadow_write'")
+    with flags_db.engine.connect() as connection:
+        states = read_flags(SQL_FLAGS, connection)
+    result = check_on_everywhere(states, ["ledger_shadow_write", "ledger_unknown"])
+    assert result.failure is not None
+    assert "ledger_shadow_write: off globally" in result.failure.seen
+    assert "ledger_unknown: no global value (missing means off)" in result.failure.seen
+
+
+def test_flips_out_of_order_fail(flags_db: ScenarioDb) -> None:
+    flags_db.execute(
+        "UPDATE feature_flags SET changed_at = now() - interval '1 hour'"
+        " WHERE key = 'ledger_enforce_balance'"
+    )
+    with flags_db.engine.connect() as connection:
+        states = read_flags(SQL_FLAGS, connection)
+    result = check_flip_order(states, ORDER)
+    assert result.failure is not None
+    assert result.failure.title == "Flags were flipped out of runbook order"
+    assert "ledger_enforce_balance (" in result.failure.seen
+    assert "before webhook_signature_enforced" in result.failure.seen
+
+
+FLAGS_JSON = [
+    {"key": key, "tenant": None, "enabled": True, "changed_at": f"2026-11-28T10:0{i}:00+00:00"}
+    for i, key in enumerate(ORDER)
+]
+
+
+def test_file_source(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps({"flags": FLAGS_JSON}))
+    states = read_flags(FlagSourceConfig(FILE, path=path), None)
+    assert check_on_everywhere(states, ORDER).ok
+    assert check_flip_order(states, ORDER).ok
+    path.write_text(json.dumps([{"key": "x", "enabled": "yes"}]))
+    with pytest.raises(FlagSourceError, match="'enabled' must be true or false"):
+        read_flags(FlagSourceConfig(FILE, path=path), None)
+
+
+def test_file_without_change_times_cannot_prove_order(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps([{**flag, "changed_at": None} for flag in FLAGS_JSON]))
+    result = check_flip_order(read_flags(FlagSourceConfig(FILE, path=path), None), ORDER)
+    assert result.failure is not None and result.failure.title == "The flip order cannot be proven"
+
+
+@pytest.fixture
+def admin_endpoint() -> Iterator[tuple[str, list[object]]]:
+    """A real HTTP server on loopback; the test sets what it answers."""
+    answer: list[object] = [200, FLAGS_JSON]
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            status, body = answer
+            payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
+            self.send_response(int(str(status)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f"http://127.0.0.1:{server.server_address[1]}/admin/flags", answer
+    server.shutdown()
+    server.server_close()
+
+
+def test_http_source(admin_endpoint: tuple[str, list[object]]) -> None:
+    url, answer = admin_endpoint
+    source = FlagSourceConfig(HTTP, url=url)
+    assert check_on_everywhere(read_flags(source, None), ORDER).ok
+    answer[:] = [503, {"error": "down"}]
+    with pytest.raises(FlagSourceError, match="answered HTTP 503"):
+        read_flags(source, None)
+    answer[:] = [200, "<html>login</html>"]
+    with pytest.raises(FlagSourceError, match="not JSON"):
+        read_flags(source, None)
+
+
+def test_http_source_unreachable() -> None:
+    with pytest.raises(FlagSourceError, match="unreachable"):
+        read_flags(FlagSourceConfig(HTTP, url="http://127.0.0.1:9/admin/flags"), None)
