@@ -7,15 +7,26 @@ error before anything connects.
 from __future__ import annotations
 
 import hashlib
+import re
 import tomllib
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from .flags import FLAG_SOURCES, HTTP, SQL, FlagSourceConfig
+from .ledger import LedgerTables
 from .phases import EPHEMERAL, TARGET_KINDS
 from .postgres import EphemeralSettings
 
 EPHEMERAL_PROVIDERS = ("auto", "testcontainers", "local")
+ROLLOUT_FLAGS = (
+    "ledger_shadow_write",
+    "ledger_balance_mismatch_log",
+    "webhook_signature_enforced",
+    "ledger_enforce_balance",
+)
+DEFAULT_FLAG_QUERY = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM feature_flags"
+DEFAULT_FLAG_SOURCE = FlagSourceConfig(SQL, query=DEFAULT_FLAG_QUERY)
 
 
 class ConfigError(ValueError):
@@ -54,6 +65,9 @@ class TargetConfig:
     expect: Expectation = Expectation()
     app_host: str | None = None  # testinfra host spec, e.g. kubectl://backend-0?namespace=staging
     app_dir: str | None = None
+    service_url: str | None = None  # the ledger service's base URL (STG-ROLL smoke)
+    prometheus_url: str | None = None  # where its metrics are queried (2.3, 3.3)
+    webhook_secret_env: str = "LEDGER_WEBHOOK_SECRET"  # the smoke signs deposits with it
     ephemeral: EphemeralSettings | None = None  # only for kind = "ephemeral"
 
 
@@ -65,6 +79,29 @@ class SessionLimits:
 
 
 @dataclass(frozen=True)
+class FlagsConfig:
+    source: FlagSourceConfig = DEFAULT_FLAG_SOURCE
+    order: tuple[str, ...] = ROLLOUT_FLAGS  # the runbook's flip order
+    steps: dict[str, tuple[str, ...]] = field(
+        default_factory=lambda: {
+            "2.1": ROLLOUT_FLAGS[:2],
+            "2.3": ROLLOUT_FLAGS[2:3],
+            "2.4": ROLLOUT_FLAGS[3:],
+        }
+    )
+    enforce_flag: str = ROLLOUT_FLAGS[3]
+
+
+@dataclass(frozen=True)
+class BackfillConfig:
+    # Run on the app host in app_dir; its output must match nothing_to_change.
+    dry_run_command: str = (
+        "python -m backend.scripts.backfill_wallet_balances --dry-run --batch-size 1000"
+    )
+    nothing_to_change: str = r"(?m)^TOTAL\b.*\bwallets=0\b"
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     path: Path
     sha256: str
@@ -72,6 +109,9 @@ class RolloutConfig:
     unique: tuple[UniqueSpec, ...]
     targets: dict[str, TargetConfig]
     session: SessionLimits = field(default_factory=SessionLimits)
+    ledger: LedgerTables = field(default_factory=LedgerTables)
+    flags: FlagsConfig = field(default_factory=lambda: FlagsConfig())
+    backfill: BackfillConfig = field(default_factory=lambda: BackfillConfig())
 
     def default_target(self) -> str | None:
         return next((t.name for t in self.targets.values() if t.kind == EPHEMERAL), None)
@@ -140,7 +180,7 @@ def load_config(path: Path) -> RolloutConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(path, "<file>", f"not valid TOML ({exc})") from None
     root = _Table(path, "", data)
-    root.only("migrations", "schema", "targets", "session")
+    root.only("migrations", "schema", "targets", "session", "ledger", "flags", "backfill")
     base = path.parent
     targets_table = root.table("targets")
     assert targets_table is not None
@@ -154,6 +194,9 @@ def load_config(path: Path) -> RolloutConfig:
         unique=_unique(root),
         targets=targets,
         session=_session(root),
+        ledger=_ledger(root),
+        flags=_flags(root, base),
+        backfill=_backfill(root),
     )
 
 
@@ -222,11 +265,12 @@ def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
     if kind not in TARGET_KINDS:
         raise table.error("kind", f"must be one of {', '.join(TARGET_KINDS)}, not {kind!r}")
     common = ("kind", "database_url_env", "app_host", "app_dir")
+    services = ("service_url", "prometheus_url", "webhook_secret_env")
     ephemeral_keys = ("provider", "image", "bindir", "run_as", "database")
     if kind == EPHEMERAL:
         table.only(*common, *ephemeral_keys)
     else:
-        table.only(*common, "expect")
+        table.only(*common, *services, "expect")
     app_host = table.text("app_host")
     if app_host is not None and "://" not in app_host:
         raise table.error("app_host", "write the testinfra scheme, e.g. local:// or ssh://host")
@@ -240,6 +284,9 @@ def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
         expect=_expectation(table) if kind != EPHEMERAL else Expectation(),
         app_host=app_host,
         app_dir=app_dir,
+        service_url=table.text("service_url"),
+        prometheus_url=table.text("prometheus_url"),
+        webhook_secret_env=str(table.text("webhook_secret_env", default="LEDGER_WEBHOOK_SECRET")),
         ephemeral=_ephemeral(table) if kind == EPHEMERAL else None,
     )
 
@@ -266,4 +313,67 @@ def _ephemeral(table: _Table) -> EphemeralSettings:
         bindir=table.text("bindir"),
         run_as=table.text("run_as"),
         database=str(table.text("database", default=defaults.database)),
+    )
+
+
+def _ledger(root: _Table) -> LedgerTables:
+    table = root.table("ledger", required=False)
+    defaults = LedgerTables()
+    if table is None:
+        return defaults
+    special = ("backfill_entry_types", "worst_offenders")
+    names = [name for name in vars(defaults) if name not in special]
+    table.only(*names, *special)
+    return replace(
+        defaults,
+        **{name: str(table.text(name, default=getattr(defaults, name))) for name in names},
+        backfill_entry_types=table.texts("backfill_entry_types") or defaults.backfill_entry_types,
+        worst_offenders=table.positive_int("worst_offenders", defaults.worst_offenders),
+    )
+
+
+def _flags(root: _Table, base: Path) -> FlagsConfig:
+    table = root.table("flags", required=False)
+    defaults = FlagsConfig()
+    if table is None:
+        return defaults
+    table.only("source", "query", "url", "path", "order", "enforce_flag", "steps")
+    kind = table.text("source", default=defaults.source.kind)
+    if kind not in FLAG_SOURCES:
+        raise table.error("source", f"must be one of {', '.join(FLAG_SOURCES)}")
+    path = table.text("path")
+    source = FlagSourceConfig(
+        kind=str(kind),
+        query=table.text("query", default=DEFAULT_FLAG_QUERY if kind == SQL else None),
+        url=table.text("url", required=kind == HTTP),
+        path=(base / path).resolve() if path else None,
+    )
+    if kind == "file" and source.path is None:
+        raise table.error("path", "required for source = 'file'")
+    steps_table = table.table("steps", required=False)
+    steps = defaults.steps
+    if steps_table is not None:
+        steps = {step: steps_table.texts(step, required=True) for step in steps_table.data}
+    return FlagsConfig(
+        source=source,
+        order=table.texts("order") or defaults.order,
+        steps=steps,
+        enforce_flag=str(table.text("enforce_flag", default=defaults.enforce_flag)),
+    )
+
+
+def _backfill(root: _Table) -> BackfillConfig:
+    table = root.table("backfill", required=False)
+    defaults = BackfillConfig()
+    if table is None:
+        return defaults
+    table.only("dry_run_command", "nothing_to_change")
+    pattern = str(table.text("nothing_to_change", default=defaults.nothing_to_change))
+    try:
+        re.compile(pattern)
+    except re.error as exc:
+        raise table.error("nothing_to_change", f"not a regular expression ({exc})") from None
+    return BackfillConfig(
+        dry_run_command=str(table.text("dry_run_command", default=defaults.dry_run_command)),
+        nothing_to_change=pattern,
     )

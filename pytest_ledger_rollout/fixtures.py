@@ -8,6 +8,7 @@ import pytest
 from sqlalchemy.engine import Connection
 
 from .config import RolloutConfig
+from .flags import FlagSourceError, FlagState, read_flags
 from .migrations import AlembicProject
 from .results import CheckResult, DodFailure, Failure
 from .session import TargetRefused, TargetSession, migration_lock
@@ -110,3 +111,19 @@ def migration_connection(
     except TargetRefused as refused:
         assert refused.result.failure is not None
         raise DodFailure(refused.result.failure) from None
+
+
+@pytest.fixture
+def flag_states(rollout_config: RolloutConfig, db: Connection) -> list[FlagState]:
+    """The flags as the configured source reports them now; an unreadable source fails."""
+    try:
+        return read_flags(rollout_config.flags.source, db)
+    except FlagSourceError as exc:
+        raise DodFailure(
+            Failure(
+                "The flag source could not be read",
+                expected=f"flag states from the {rollout_config.flags.source.kind} source",
+                seen=str(exc),
+                remedy="Check [flags] in the rollout config and that the source is reachable.",
+            )
+        ) from None

@@ -82,3 +82,29 @@ def _host_db(probe_line: str) -> str:
     """``host:port/db?opts`` (the runbook's probe output) as ``host:port/db``."""
     location = probe_line.split("?", 1)[0].strip()
     return mask_url(f"postgresql://{location}") if location else ""
+
+
+def check_backfill_dry_run(
+    host_spec: str, app_dir: str, command: str, nothing_to_change: str, scrubber: Scrubber
+) -> CheckResult:
+    """Runbook 2.2, from the script's side: its dry run has nothing left to change."""
+    rc, output = run_on_app_host(host_spec, app_dir, command)
+    output = scrubber.scrub(output)
+    tail = "\n".join(output.strip().splitlines()[-15:])
+    evidence = Evidence(f"on {host_spec} in {app_dir}", f"$ {command}  (rc={rc})\n{tail}")
+    if rc == 0 and re.search(nothing_to_change, output):
+        return passed("backfill dry run: nothing left to change", evidence)
+    return failed(
+        Failure(
+            "The backfill dry run still has work to do"
+            if rc == 0
+            else f"The backfill dry run failed (exit {rc})",
+            expected=f"`{command}` exits 0 and reports nothing to change ({nothing_to_change})",
+            seen=tail or "(no output)",
+            remedy=(
+                "Run the backfill without --dry-run (runbook 2.2), then rerun this phase; "
+                "if the dry run keeps finding work, shadow writes are being lost."
+            ),
+        ),
+        evidence,
+    )

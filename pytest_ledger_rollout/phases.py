@@ -22,6 +22,9 @@ class Phase:
     title: str
     allowed_kinds: frozenset[str]
     steps: tuple[Step, ...]  # every step is part of the phase's definition of done
+    # An ephemeral target starts at the deployed revision for the migration gate (so the
+    # suite walks the real path to head), and at head for the later phases.
+    ephemeral_at_baseline: bool = False
 
     @property
     def package(self) -> str:
@@ -44,6 +47,7 @@ PHASES: dict[str, Phase] = {
                 Step("1.3", "Table and UNIQUE constraint verified in Postgres"),
                 Step("1.4", "Downgrade / upgrade smoke (staging only)"),
             ),
+            ephemeral_at_baseline=True,
         ),
         Phase(
             "stg-roll",

@@ -90,7 +90,7 @@ def pytest_configure(config: pytest.Config) -> None:
     _set_metadata(config, state)
     if state.target.kind == EPHEMERAL and not config.option.collectonly:
         state.ephemeral_start = start_in_background(
-            state.config, state.target, state.phase.name, state.stack
+            state.config, state.target, state.phase, state.stack
         )
 
 
@@ -180,12 +180,13 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if state is None:
         return None
     env = state.record.environment
-    baseline = (
-        f" baseline={state.config.migrations.baseline}" if state.target.kind == "ephemeral" else ""
-    )
+    start = ""
+    if state.target.kind == EPHEMERAL:
+        revision = state.config.migrations.baseline if state.phase.ephemeral_at_baseline else "head"
+        start = f" starts-at={revision}"
     return state.scrubber.scrub(
         f"ledger-rollout: phase={state.phase.name} target={env['target']} db={env['database']}"
-        f"{baseline} config={env['rollout config']} plugin={__version__}"
+        f"{start} config={env['rollout config']} plugin={__version__}"
     )
 
 
@@ -237,7 +238,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         state.session = open_target_session(
             state.config,
             state.target,
-            state.phase.name,
+            state.phase,
             state.scrubber,
             state.stack,
             state.ephemeral_start,

@@ -17,7 +17,7 @@ from sqlalchemy.exc import OperationalError
 from .config import RolloutConfig
 from .masking import Scrubber, mask_url
 from .migrations import AlembicProject
-from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION
+from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION, Phase
 from .postgres import EphemeralServer, EphemeralSettings, start_ephemeral
 from .results import CheckResult, Failure
 from .targets import ResolvedTarget, ServerIdentity, open_engine, prove_identity, read_identity
@@ -54,29 +54,30 @@ class TargetSession:
 
 
 def start_in_background(
-    config: RolloutConfig, target: ResolvedTarget, phase: str, stack: ExitStack
+    config: RolloutConfig, target: ResolvedTarget, phase: Phase, stack: ExitStack
 ) -> Future[EphemeralServer]:
-    """Start the throwaway server and bring it to the baseline while pytest collects.
+    """Start the throwaway server and migrate it while pytest collects.
 
     Whatever happens to the run, the server is stopped when the stack closes."""
     assert target.config.ephemeral is not None
+    revision = config.migrations.baseline if phase.ephemeral_at_baseline else "head"
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-rollout-pg")
-    future = executor.submit(_start_at_baseline, config, target.config.ephemeral, phase)
+    future = executor.submit(
+        _start_at_revision, config, target.config.ephemeral, phase.name, revision
+    )
     executor.shutdown(wait=False)
     stack.callback(_stop_once_started, future)
     return future
 
 
-def _start_at_baseline(
-    config: RolloutConfig, settings: EphemeralSettings, phase: str
+def _start_at_revision(
+    config: RolloutConfig, settings: EphemeralSettings, phase: str, revision: str
 ) -> EphemeralServer:
     server = start_ephemeral(settings)
     try:
         engine = open_engine(server.url, EPHEMERAL, phase, config.session)
         with engine.connect() as connection:
-            AlembicProject(config.migrations.alembic_ini).upgrade(
-                connection, config.migrations.baseline
-            )
+            AlembicProject(config.migrations.alembic_ini).upgrade(connection, revision)
         engine.dispose()
     except BaseException:
         server.stop()
@@ -95,7 +96,7 @@ def _stop_once_started(future: Future[EphemeralServer]) -> None:
 def open_target_session(
     config: RolloutConfig,
     target: ResolvedTarget,
-    phase: str,
+    phase: Phase,
     scrubber: Scrubber,
     stack: ExitStack,
     ephemeral_start: Future[EphemeralServer] | None = None,
@@ -117,7 +118,7 @@ def open_target_session(
         assert expect.host is not None and expect.database is not None
         expected_host, expected_db, server_addr = expect.host, expect.database, expect.server_addr
     scrubber.register_url(url)
-    engine = open_engine(url, target.kind, phase, config.session)
+    engine = open_engine(url, target.kind, phase.name, config.session)
     stack.callback(engine.dispose)
     with engine.connect() as connection:
         identity = read_identity(connection)

@@ -1,0 +1,84 @@
+"""STG-ROLL (runbook Phase 2): turn the flags on in order on staging, backfill, watch webhook
+401s, and prove the withdrawals flow with enforcement on."""
+
+import pytest
+from sqlalchemy.engine import Connection
+
+from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.fixtures import StepRecorder
+from pytest_ledger_rollout.flags import FlagState, check_flip_order, check_on_everywhere, flip_time
+from pytest_ledger_rollout.hosts import check_backfill_dry_run
+from pytest_ledger_rollout.ledger import (
+    check_enforce_after_backfill,
+    check_no_mismatch,
+    last_backfill_write,
+)
+from pytest_ledger_rollout.session import TargetSession
+
+
+@pytest.mark.dod("2.1")
+def test_shadow_write_and_mismatch_log_on(
+    flag_states: list[FlagState], rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """ledger_shadow_write and ledger_balance_mismatch_log are on"""
+    evidence.check(check_on_everywhere(flag_states, rollout_config.flags.steps["2.1"]))
+
+
+@pytest.mark.dod("2.2")
+def test_backfill_left_no_mismatch(
+    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """Every wallet's legacy balance equals its ledger sum"""
+    evidence.check(check_no_mismatch(db, rollout_config.ledger))
+
+
+@pytest.mark.dod("2.2")
+def test_backfill_dry_run_has_nothing_left(
+    rollout_target: TargetSession, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """The backfill's dry run has nothing left to change"""
+    target = rollout_target.target.config
+    if not (target.app_host and target.app_dir):
+        pytest.skip(f"target {target.name} declares no app_host/app_dir to run the dry run on")
+    evidence.check(
+        check_backfill_dry_run(
+            target.app_host,
+            target.app_dir,
+            rollout_config.backfill.dry_run_command,
+            rollout_config.backfill.nothing_to_change,
+            evidence.scrubber,
+        )
+    )
+
+
+@pytest.mark.dod("2.3")
+def test_signature_enforcement_on(
+    flag_states: list[FlagState], rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """webhook_signature_enforced is on"""
+    evidence.check(check_on_everywhere(flag_states, rollout_config.flags.steps["2.3"]))
+
+
+@pytest.mark.dod("2.4")
+def test_enforce_balance_on(
+    flag_states: list[FlagState], rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """ledger_enforce_balance is on"""
+    evidence.check(check_on_everywhere(flag_states, rollout_config.flags.steps["2.4"]))
+
+
+@pytest.mark.dod("2.4")
+def test_flags_flipped_in_runbook_order_after_the_backfill(
+    flag_states: list[FlagState],
+    db: Connection,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
+) -> None:
+    """Flags flipped in runbook order; enforcement only after the backfill"""
+    enforce = rollout_config.flags.enforce_flag
+    evidence.check(
+        check_flip_order(flag_states, rollout_config.flags.order),
+        check_enforce_after_backfill(
+            enforce, flip_time(flag_states, enforce), last_backfill_write(db, rollout_config.ledger)
+        ),
+    )
