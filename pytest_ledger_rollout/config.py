@@ -102,6 +102,15 @@ class BackfillConfig:
 
 
 @dataclass(frozen=True)
+class ForensicsConfig:
+    ignore_tables: tuple[str, ...] = ()  # fnmatch patterns: tables owned by other services
+    snapshot: Path | None = None  # fingerprint snapshot, used instead of an ephemeral walk
+    large_table_rows: int = 100_000  # a lock finding on a table this big fails the pre-flight
+    large_table_bytes: int = 1 << 30  # ... or this big (covers never-analyzed tables)
+    duplicate_groups_shown: int = 10
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     path: Path
     sha256: str
@@ -112,6 +121,7 @@ class RolloutConfig:
     ledger: LedgerTables = field(default_factory=LedgerTables)
     flags: FlagsConfig = field(default_factory=lambda: FlagsConfig())
     backfill: BackfillConfig = field(default_factory=lambda: BackfillConfig())
+    forensics: ForensicsConfig = field(default_factory=ForensicsConfig)
 
     def default_target(self) -> str | None:
         return next((t.name for t in self.targets.values() if t.kind == EPHEMERAL), None)
@@ -180,7 +190,9 @@ def load_config(path: Path) -> RolloutConfig:
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(path, "<file>", f"not valid TOML ({exc})") from None
     root = _Table(path, "", data)
-    root.only("migrations", "schema", "targets", "session", "ledger", "flags", "backfill")
+    root.only(
+        "migrations", "schema", "targets", "session", "ledger", "flags", "backfill", "forensics"
+    )
     base = path.parent
     targets_table = root.table("targets")
     assert targets_table is not None
@@ -197,6 +209,7 @@ def load_config(path: Path) -> RolloutConfig:
         ledger=_ledger(root),
         flags=_flags(root, base),
         backfill=_backfill(root),
+        forensics=_forensics(root, base),
     )
 
 
@@ -239,6 +252,30 @@ def _unique(root: _Table) -> tuple[UniqueSpec, ...]:
             )
         )
     return tuple(specs)
+
+
+def _forensics(root: _Table, base: Path) -> ForensicsConfig:
+    table = root.table("forensics", required=False)
+    if table is None:
+        return ForensicsConfig()
+    table.only(
+        "ignore_tables",
+        "snapshot",
+        "large_table_rows",
+        "large_table_bytes",
+        "duplicate_groups_shown",
+    )
+    defaults = ForensicsConfig()
+    snapshot = table.text("snapshot")
+    return ForensicsConfig(
+        ignore_tables=table.texts("ignore_tables"),
+        snapshot=(base / snapshot).resolve() if snapshot else None,
+        large_table_rows=table.positive_int("large_table_rows", defaults.large_table_rows),
+        large_table_bytes=table.positive_int("large_table_bytes", defaults.large_table_bytes),
+        duplicate_groups_shown=table.positive_int(
+            "duplicate_groups_shown", defaults.duplicate_groups_shown
+        ),
+    )
 
 
 def _session(root: _Table) -> SessionLimits:

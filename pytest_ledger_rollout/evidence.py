@@ -26,6 +26,7 @@ class CheckRecord:
     summary: str
     evidence: list[Evidence] = field(default_factory=list)
     message: str = ""
+    preflight: bool = False  # a pre-flight of a destructive step (marker "preflight")
 
 
 @dataclass(frozen=True)
@@ -74,6 +75,9 @@ class RunRecord:
                 outcome, line = NOT_RUN, skipped[0] if skipped else "no check ran"
             outcomes.append(StepOutcome(step, outcome, line, checks))
         return outcomes
+
+    def failed_preflights(self) -> list[CheckRecord]:
+        return [c for c in self.checks if c.preflight and c.outcome in ("failed", "error")]
 
     def step_passed(self, step_id: str) -> bool:
         return any(s.step.id == step_id and s.outcome == PASSED for s in self.step_outcomes())

@@ -60,6 +60,19 @@ class StepRecorder:
                 )
             )
 
+    def require_preflight(self) -> None:
+        """Fail without acting when a pre-flight already said the action would fail or lock."""
+        refused = self._state.record.failed_preflights()
+        if refused:
+            raise DodFailure(
+                Failure(
+                    "Not attempted: the pre-flight found problems",
+                    expected="every pre-flight check passed before the destructive step",
+                    seen="\n".join(f"{c.step_id} {c.name}: {c.summary}" for c in refused),
+                    remedy="Resolve the pre-flight findings above, then rerun the phase.",
+                )
+            )
+
     def require(self, step_id: str) -> None:
         """Skip (the step counts as not run) unless an earlier step it builds on passed."""
         if not self._state.record.step_passed(step_id):

@@ -191,7 +191,7 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
             "alembic upgrade head", f"from {', '.join(before) or 'base'}\n{message}"
         )
         if "already exists" in message:
-            return failed(_drift_failure(project, before, message), evidence)
+            return failed(_drift_failure(project, connection, before, message), evidence)
         return failed(
             Failure(
                 "`alembic upgrade head` failed",
@@ -220,7 +220,9 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
     )
 
 
-def _drift_failure(project: AlembicProject, before: tuple[str, ...], message: str) -> Failure:
+def _drift_failure(
+    project: AlembicProject, connection: Connection, before: tuple[str, ...], message: str
+) -> Failure:
     claimed = ", ".join(before) or "base (no alembic_version row)"
     chain = project.chain_to(project.heads()[-1])
     pending = chain[chain.index(before[0]) + 1 :] if before and before[0] in chain else chain
@@ -239,8 +241,20 @@ def _drift_failure(project: AlembicProject, before: tuple[str, ...], message: st
             "objects all exist already (check each one in psql first), then "
             "`alembic upgrade head`.\n"
             f"Pending revisions, oldest first: {', '.join(pending)}"
+            + _stamp_hint(project, connection, before)
         ),
     )
+
+
+def _stamp_hint(project: AlembicProject, connection: Connection, before: tuple[str, ...]) -> str:
+    """The exact revision to stamp, when this run's fingerprints prove one (read-only)."""
+    # Imported here: the forensics build on this module.
+    from .forensics.fingerprint import fingerprint
+    from .forensics.remedy import stamp_hint
+    from .forensics.snapshot import cached_history
+
+    hint = stamp_hint(cached_history(project), fingerprint(connection), before)
+    return f"\n{hint}" if hint else ""
 
 
 def check_downgrade_upgrade_smoke(

@@ -27,6 +27,7 @@ from .targets import TargetError, resolve_target
 
 SUITES_PACKAGE = "pytest_ledger_rollout.suites"
 DOD_MARKER = "dod"
+PREFLIGHT_MARKER = "preflight"
 
 # (option, ini twin, default, help)
 _OPTIONS = (
@@ -74,6 +75,9 @@ def _option(config: pytest.Config, ini: str) -> tuple[str | None, Path]:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", f"{DOD_MARKER}(step_id): the runbook step a definition-of-done check belongs to"
+    )
+    config.addinivalue_line(
+        "markers", f"{PREFLIGHT_MARKER}: a check whose failure stops the destructive step after it"
     )
     config.pluginmanager.register(fixtures, "ledger_rollout.fixtures")
     phase_name, _ = _option(config, "rollout_phase")
@@ -301,6 +305,7 @@ def pytest_runtest_makereport(
             summary=summary,
             evidence=_item_evidence(item),
             message=report.longreprtext if report.failed else "",
+            preflight=item.get_closest_marker(PREFLIGHT_MARKER) is not None,
         )
     )
     _attach_evidence(report, item)

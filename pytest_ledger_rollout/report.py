@@ -11,6 +11,9 @@ from .evidence import FAIL, FAILED, INCOMPLETE, NOT_RUN, PASS, PASSED, RunRecord
 
 _COLOURS = {PASS: "#1b7f3b", FAIL: "#b00020", INCOMPLETE: "#9a6700"}
 _STEP_COLOURS = {PASSED: "#1b7f3b", FAILED: "#b00020", NOT_RUN: "#9a6700"}
+# Evidence labelled with this prefix carries tab-separated rows (header first) and is drawn as
+# a static table (e.g. the schema differences), not only as a script-drawn attachment.
+TABLE_EVIDENCE = "table: "
 
 
 def verdict_line(record: RunRecord) -> str:
@@ -51,6 +54,14 @@ def summary_html(record: RunRecord) -> str:
         for c in record.checks
         if c.outcome in ("failed", "error")
     )
+    tables = "".join(
+        f"<h3>{escape(c.step_id)} {escape(e.label.removeprefix(TABLE_EVIDENCE))}</h3>"
+        f"<table class='ledger-rollout-table' border='1' cellpadding='4'>{_table_rows(e.body)}"
+        "</table>"
+        for c in record.checks
+        for e in c.evidence
+        if e.label.startswith(TABLE_EVIDENCE)
+    )
     html = (
         "<section id='ledger-rollout-signoff'>"
         f"<h2>{escape(record.phase.title)}</h2>"
@@ -62,11 +73,22 @@ def summary_html(record: RunRecord) -> str:
         "<tr><th>Step</th><th>Title</th><th>Outcome</th><th>Evidence</th></tr>"
         f"{rows}</table>"
         f"{failures and '<h3>Failures</h3>' + failures}"
+        f"{tables}"
         "<h3>Sign-off environment</h3>"
         f"<table id='ledger-rollout-environment' border='1' cellpadding='4'>{environment}</table>"
         "</section>"
     )
     return record.scrubber.scrub(html)
+
+
+def _table_rows(body: str) -> str:
+    header, *rows = body.splitlines()
+    head = "".join(f"<th>{escape(cell)}</th>" for cell in header.split("\t"))
+    cells = (
+        "<tr>" + "".join(f"<td>{escape(cell)}</td>" for cell in row.split("\t")) + "</tr>"
+        for row in rows
+    )
+    return f"<tr>{head}</tr>" + "".join(cells)
 
 
 def terminal_lines(record: RunRecord) -> list[str]:

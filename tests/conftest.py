@@ -3,7 +3,6 @@ revision, cheap clones of it per test, and a runner for phase suites through pyt
 
 from __future__ import annotations
 
-import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -21,21 +20,13 @@ from pytest_ledger_rollout.postgres import (
     start_ephemeral,
 )
 
-from .support import CHAIN, REFERENCE_BACKEND, PhaseRun, RunPhase, ScenarioDb
+from .support import CHAIN, REFERENCE_BACKEND, PhaseRun, RunPhase, ScenarioDb, missing_component
 
 pytest_plugins = ["pytester"]
 
 
 def database_url(server_url: str, database: str) -> str:
     return make_url(server_url).set(database=database).render_as_string(hide_password=False)
-
-
-def missing_component(what: str, install: str) -> None:
-    """In CI a missing component fails the run; on a laptop the test skips and says why."""
-    message = f"{what} is not available: {install}"
-    if os.environ.get("CI", "").lower() == "true":
-        pytest.fail(message, pytrace=False)
-    pytest.skip(message)
 
 
 @pytest.fixture(scope="session")

@@ -106,7 +106,12 @@ def test_unique_index_is_not_a_constraint(
 def test_table_created_outside_alembic_explains_drift(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
-    scenario_db.execute("CREATE TABLE reconciliation_findings (id bigint)")
+    # Created by hand with the columns the migration would create: the pre-flight finds
+    # nothing against it, so the upgrade runs and fails on the existing table.
+    scenario_db.execute(
+        "CREATE TABLE reconciliation_findings"
+        " (id bigint, provider text, provider_event_id text, finding_type text)"
+    )
     config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.2")["outcome"] == "failed"
@@ -271,3 +276,19 @@ def test_concurrent_lock_holder_released_lets_the_run_proceed(
         releaser.join()
         other_run.close()
     assert run.json()["verdict"] == "PASS", run.output
+
+
+def test_failed_preflight_stops_the_upgrade(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    """Duplicates that would break the new UNIQUE: the upgrade is refused, not attempted."""
+    scenario_db.upgrade(CHAIN[1])
+    scenario_db.execute(
+        "INSERT INTO reconciliation_findings (provider, provider_event_id, finding_type)"
+        " SELECT 'psp', 'evt-1', 'amount_mismatch' FROM generate_series(1, 2)"
+    )
+    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.2")["outcome"] == "failed"
+    assert "Not attempted: the pre-flight found problems" in run.output
+    assert scenario_db.current() == (CHAIN[1],)

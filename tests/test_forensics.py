@@ -1,0 +1,306 @@
+"""Migration forensics on a real Postgres: each finding in a scenario built for it, both ways."""
+
+from __future__ import annotations
+
+import shutil
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from sqlalchemy import Engine, create_engine, text
+
+from pytest_ledger_rollout.config import ConfigError, ForensicsConfig, UniqueSpec, load_config
+from pytest_ledger_rollout.forensics.fingerprint import fingerprint
+from pytest_ledger_rollout.forensics.history import History, fingerprint_history
+from pytest_ledger_rollout.forensics.preflight import (
+    check_downgrades,
+    check_lock_hazards,
+    check_unique_preflight,
+    check_version_width,
+    read_pending,
+)
+from pytest_ledger_rollout.forensics.remedy import (
+    check_drift_at_head,
+    check_schema_state,
+    read_state,
+)
+from pytest_ledger_rollout.forensics.snapshot import StaleSnapshot, load_snapshot, save_snapshot
+from pytest_ledger_rollout.migrations import AlembicProject
+from pytest_ledger_rollout.postgres import EphemeralServer
+from pytest_ledger_rollout.results import CheckResult
+
+from .conftest import database_url
+from .support import CHAIN, HEAD, REFERENCE_BACKEND, RunPhase, ScenarioDb, write_config
+
+PROJECTS = Path(__file__).parent / "projects"
+REFERENCE = AlembicProject(REFERENCE_BACKEND / "alembic.ini")
+BRANCHY = AlembicProject(PROJECTS / "branchy" / "alembic.ini")
+HAZARDS = AlembicProject(PROJECTS / "hazards" / "alembic.ini")
+RECON_UNIQUE = UniqueSpec(
+    "reconciliation_findings", ("provider", "provider_event_id", "finding_type")
+)
+
+
+def failure_text(result: CheckResult) -> str:
+    assert result.failure is not None, result.summary
+    f = result.failure
+    return "\n".join((f.title, f.expected, f.seen, f.remedy))
+
+
+@pytest.fixture(scope="session")
+def reference_history(pg_server: EphemeralServer) -> History:
+    return fingerprint_history(REFERENCE, pg_server.url)
+
+
+@pytest.fixture(scope="session")
+def branchy_history(pg_server: EphemeralServer) -> History:
+    return fingerprint_history(BRANCHY, pg_server.url)
+
+
+@pytest.fixture
+def empty_db(admin_engine: Engine, pg_server: EphemeralServer) -> Iterator[Engine]:
+    """A new, empty database for a project other than the reference backend."""
+    name = f"forensics_{uuid.uuid4().hex[:10]}"
+    with admin_engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name}"))
+    engine = create_engine(database_url(pg_server.url, name))
+    yield engine
+    engine.dispose()
+    with admin_engine.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+# --- fingerprints of every revision ---------------------------------------------------------
+
+
+def test_branch_and_merge_history_is_walked_revision_by_revision(branchy_history: History) -> None:
+    fps = branchy_history.fingerprints
+    assert set(fps) == {"b1_accounts", "b2a_email", "b2b_audit", "b3_merge", "b4_status"}
+    names = {rev: {o.name for o in fp.objects} for rev, fp in fps.items()}
+    # Each side of the branch without the other; the merge has both; then the enum + sequence.
+    assert "accounts.email" in names["b2a_email"] and "audit_log" not in names["b2a_email"]
+    assert "audit_log" in names["b2b_audit"] and "accounts.email" not in names["b2b_audit"]
+    assert names["b3_merge"] == names["b2a_email"] | names["b2b_audit"]
+    kinds = {(o.kind, o.name): o.definition for o in fps["b4_status"].objects}
+    assert kinds[("enum", "account_status")] == "ENUM ('active', 'closed')"
+    assert kinds[("sequence", "invoice_numbers")].startswith("bigint START 1000")
+    assert "DEFAULT 'active'::account_status" in kinds[("column", "accounts.status")]
+
+
+def test_branch_state_between_heads_matches_its_revision(
+    empty_db: Engine, branchy_history: History
+) -> None:
+    with empty_db.connect() as connection:
+        BRANCHY.upgrade(connection, "b2b_audit")
+        connection.execute(text("UPDATE alembic_version SET version_num = 'b1_accounts'"))
+        connection.commit()
+        state = read_state(
+            branchy_history, fingerprint(connection), BRANCHY.current(connection), ()
+        )
+    assert state.matched == ("b2b_audit",)
+    text_ = failure_text(check_schema_state(state, "staging"))
+    assert "`alembic stamp b2b_audit` then `alembic upgrade head`" in text_
+
+
+# --- which revision does the schema match -----------------------------------------------------
+
+
+@pytest.mark.parametrize("revision", CHAIN[1:])
+def test_objects_created_outside_alembic_name_the_revision_to_stamp(
+    scenario_db: ScenarioDb, reference_history: History, revision: str
+) -> None:
+    scenario_db.upgrade(revision)  # the objects exist ...
+    scenario_db.execute(f"UPDATE alembic_version SET version_num = '{CHAIN[0]}'")  # ... unrecorded
+    with scenario_db.engine.connect() as connection:
+        state = read_state(
+            reference_history, fingerprint(connection), REFERENCE.current(connection), ()
+        )
+    assert state.matched == (revision,)
+    assert state.claimed == (CHAIN[0],)
+    staging = check_schema_state(state, "staging")
+    assert f"The schema matches revision {revision}, but alembic_version says {CHAIN[0]}" in (
+        failure_text(staging)
+    )
+    assert f"`alembic stamp {revision}` then `alembic upgrade head`" in failure_text(staging)
+    assert "0 differences" in failure_text(staging)
+    assert staging.facts["schema matches revision"] == revision
+    table = next(e for e in staging.evidence if e.label.startswith("table: "))
+    assert "extra\ttable\treconciliation_findings" in table.body
+    production = failure_text(check_schema_state(state, "production"))
+    assert "never stamped or reset" in production and "alembic stamp" not in production
+
+
+def test_schema_as_claimed_passes_and_a_stray_table_matches_nothing(
+    scenario_db: ScenarioDb, reference_history: History
+) -> None:
+    with scenario_db.engine.connect() as connection:
+        state = read_state(reference_history, fingerprint(connection), (CHAIN[0],), ())
+        assert check_schema_state(state, "staging").ok
+        scenario_db.execute("CREATE TABLE reconciliation_findings (id bigint)")
+        state = read_state(reference_history, fingerprint(connection), (CHAIN[0],), ())
+    text_ = failure_text(check_schema_state(state, "staging"))
+    assert f"The schema matches no revision (nearest: {CHAIN[0]})" in text_
+    assert "extra column reconciliation_findings.id: bigint" in text_
+    assert "No revision can be stamped safely" in text_
+
+
+def test_fingerprint_reads_in_a_read_only_session(scenario_db: ScenarioDb) -> None:
+    with scenario_db.engine.connect() as connection:
+        connection.execute(text("SET TRANSACTION READ ONLY"))
+        assert len(fingerprint(connection).objects) > 50
+
+
+# --- drift at head --------------------------------------------------------------------------
+
+
+def test_hand_made_changes_at_head_are_listed(
+    scenario_db: ScenarioDb, reference_history: History
+) -> None:
+    scenario_db.upgrade("head")
+    with scenario_db.engine.connect() as connection:
+        assert check_drift_at_head(reference_history, fingerprint(connection), (HEAD,), ()).ok
+    scenario_db.execute(
+        "CREATE INDEX ix_by_hand ON ledger_entries (reference)",
+        "ALTER TABLE reconciliation_findings ALTER COLUMN provider TYPE varchar(64)",
+    )
+    with scenario_db.engine.connect() as connection:
+        live = fingerprint(connection)
+    drift = check_drift_at_head(reference_history, live, (HEAD,), ())
+    text_ = failure_text(drift)
+    assert "2 schema difference(s) from head" in text_
+    assert "extra index ix_by_hand: CREATE INDEX ix_by_hand ON public.ledger_entries" in text_
+    assert (
+        "changed column reconciliation_findings.provider: text NOT NULL -> "
+        "character varying(64) NOT NULL" in text_
+    )
+    # Objects of tables another service owns are left out.
+    ignored = check_drift_at_head(
+        reference_history, live, (HEAD,), ("ledger_*", "reconciliation_findings")
+    )
+    assert ignored.ok, ignored.failure
+
+
+# --- pre-flight -----------------------------------------------------------------------------
+
+
+def test_version_table_too_narrow_for_pending_ids(scenario_db: ScenarioDb) -> None:
+    with scenario_db.engine.connect() as connection:
+        assert check_version_width(connection, read_pending(REFERENCE, connection)).ok
+    scenario_db.execute("ALTER TABLE alembic_version ALTER COLUMN version_num TYPE varchar(32)")
+    with scenario_db.engine.connect() as connection:
+        result = check_version_width(connection, read_pending(REFERENCE, connection))
+    text_ = failure_text(result)
+    assert "2 pending revision id(s) do not fit alembic_version.version_num" in text_
+    assert f"{CHAIN[1]}: 35 characters > 32" in text_ and f"{HEAD}: 46 characters > 32" in text_
+    assert "ALTER TABLE alembic_version ALTER COLUMN version_num TYPE VARCHAR(128);" in text_
+    assert 'op.alter_column("alembic_version", "version_num"' in text_
+
+
+def test_duplicates_that_would_break_the_unique_constraint(scenario_db: ScenarioDb) -> None:
+    scenario_db.upgrade(CHAIN[1])
+    insert = (
+        "INSERT INTO reconciliation_findings (provider, provider_event_id, finding_type) "
+        "VALUES ('psp', 'evt-1', 'missing'), ('psp', 'evt-2', 'missing'), ('psp', 'evt-3', 'x')"
+    )
+    scenario_db.execute(insert)
+    with scenario_db.engine.connect() as connection:
+        assert check_unique_preflight(connection, RECON_UNIQUE, 10).ok
+    scenario_db.execute(
+        insert,
+        insert,
+        "INSERT INTO reconciliation_findings"
+        " (provider, provider_event_id, finding_type) VALUES ('psp', 'evt-1', 'missing')",
+    )
+    with scenario_db.engine.connect() as connection:
+        result = check_unique_preflight(connection, RECON_UNIQUE, 2)
+    text_ = failure_text(result)
+    assert "3 duplicate group(s) would make the UNIQUE on reconciliation_findings fail" in text_
+    # The worst group first, and only as many as asked for (keys, no other column).
+    assert "the worst 2:\n4 rows: provider='psp', provider_event_id='evt-1'" in text_
+    assert "evt-3" not in text_.split("the worst 2:")[1]
+
+
+def test_non_concurrent_index_on_a_large_table(empty_db: Engine) -> None:
+    with empty_db.connect() as connection:
+        HAZARDS.upgrade(connection, "h1_events")
+        connection.execute(
+            text("INSERT INTO events (kind) SELECT 'k' || g % 7 FROM generate_series(1, 3000) g")
+        )
+        connection.commit()
+        connection.execute(text("ANALYZE events"))
+        pending = read_pending(HAZARDS, connection)
+        small = check_lock_hazards(connection, pending.sql, ForensicsConfig())
+        large = check_lock_hazards(connection, pending.sql, ForensicsConfig(large_table_rows=1000))
+    assert small.ok, small.failure
+    assert "require-concurrent-index-creation" in small.evidence[0].body
+    text_ = failure_text(large)
+    assert "1 pending statement(s) would hold a long lock on a large table" in text_
+    assert "h2_events_kind_idx: [require-concurrent-index-creation] on events (~3000 rows" in text_
+    assert "CREATE INDEX ix_events_kind ON events (kind)" in text_
+    assert "CONCURRENTLY" in text_
+
+
+def test_pending_revision_whose_downgrade_is_pass(empty_db: Engine) -> None:
+    with empty_db.connect() as connection:
+        HAZARDS.upgrade(connection, "h1_events")
+        pending = read_pending(HAZARDS, connection)
+    assert pending.revisions == ("h2_events_kind_idx", "h3_events_source")
+    text_ = failure_text(check_downgrades(HAZARDS, pending.revisions))
+    assert "1 pending revision(s) cannot be rolled back" in text_
+    assert "h3_events_source: downgrade() is empty (pass)" in text_
+    # A merge revision does nothing either way: its empty downgrade is right.
+    assert check_downgrades(BRANCHY, ("b3_merge", "b4_status")).ok
+
+
+# --- snapshots and config -------------------------------------------------------------------
+
+
+def test_snapshot_round_trip_and_stale_snapshot_refused(
+    branchy_history: History, tmp_path: Path
+) -> None:
+    path = tmp_path / "fingerprints.json"
+    save_snapshot(branchy_history, path)
+    assert load_snapshot(path, BRANCHY) == branchy_history
+    copy = tmp_path / "branchy"
+    shutil.copytree(PROJECTS / "branchy", copy)
+    revision = copy / "migrations" / "versions" / "b2a_email.py"
+    revision.write_text(revision.read_text().replace("String(200)", "String(250)"))
+    with pytest.raises(StaleSnapshot, match="was taken from other migration scripts"):
+        load_snapshot(path, AlembicProject(copy / "alembic.ini"))
+
+
+def test_forensics_config_keys(tmp_path: Path) -> None:
+    config = write_config(
+        tmp_path,
+        database="ledger",
+        extra='[forensics]\nignore_tables = ["billing_*"]\nsnapshot = "fp.json"\n'
+        "large_table_rows = 5000\n",
+    )
+    forensics = load_config(config).forensics
+    assert forensics.ignore_tables == ("billing_*",)
+    assert forensics.snapshot == tmp_path / "fp.json"
+    assert forensics.large_table_rows == 5000
+    config.write_text(config.read_text() + "large_tables = 1\n")
+    with pytest.raises(ConfigError, match=r"forensics\.large_tables: unknown key"):
+        load_config(config)
+
+
+# --- in the suite ---------------------------------------------------------------------------
+
+
+def test_suite_names_the_revision_to_stamp_in_static_html(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    scenario_db.upgrade(CHAIN[1])
+    scenario_db.execute(f"UPDATE alembic_version SET version_num = '{CHAIN[0]}'")
+    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.2")["outcome"] == "failed"
+    assert f"The schema matches revision {CHAIN[1]}, but alembic_version says" in run.output
+    # The upgrade's own "already exists" failure names the same revision.
+    assert f"the revision to stamp is {CHAIN[1]}" in run.output
+    html = run.artifact(".html").read_text()
+    assert "schema matches revision</th><td>" + CHAIN[1] in html
+    assert "<th>change</th><th>kind</th><th>name</th>" in html
+    assert "<td>extra</td><td>table</td><td>reconciliation_findings</td>" in html
