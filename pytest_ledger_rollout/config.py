@@ -10,11 +10,13 @@ import hashlib
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
 from .flags import FLAG_SOURCES, HTTP, SQL, FlagSourceConfig
 from .ledger import LedgerTables
+from .metrics.webhook_watch import DEFAULT_THRESHOLDS, WebhookWatchThresholds
 from .phases import EPHEMERAL, TARGET_KINDS
 from .postgres import EphemeralSettings
 
@@ -89,6 +91,7 @@ class FlagsConfig:
             "2.4": ROLLOUT_FLAGS[3:],
         }
     )
+    signature_flag: str = ROLLOUT_FLAGS[2]  # its flip time splits the 401 watch's windows
     enforce_flag: str = ROLLOUT_FLAGS[3]
 
 
@@ -111,6 +114,11 @@ class ForensicsConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    webhook_401: WebhookWatchThresholds = DEFAULT_THRESHOLDS
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     path: Path
     sha256: str
@@ -121,6 +129,7 @@ class RolloutConfig:
     ledger: LedgerTables = field(default_factory=LedgerTables)
     flags: FlagsConfig = field(default_factory=lambda: FlagsConfig())
     backfill: BackfillConfig = field(default_factory=lambda: BackfillConfig())
+    metrics: MetricsConfig = field(default_factory=lambda: MetricsConfig())
     forensics: ForensicsConfig = field(default_factory=ForensicsConfig)
 
     def default_target(self) -> str | None:
@@ -209,6 +218,7 @@ def load_config(path: Path) -> RolloutConfig:
         ledger=_ledger(root),
         flags=_flags(root, base),
         backfill=_backfill(root),
+        metrics=_metrics(root),
         forensics=_forensics(root, base),
     )
 
@@ -374,7 +384,7 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
     defaults = FlagsConfig()
     if table is None:
         return defaults
-    table.only("source", "query", "url", "path", "order", "enforce_flag", "steps")
+    table.only("source", "query", "url", "path", "order", "signature_flag", "enforce_flag", "steps")
     kind = table.text("source", default=defaults.source.kind)
     if kind not in FLAG_SOURCES:
         raise table.error("source", f"must be one of {', '.join(FLAG_SOURCES)}")
@@ -395,6 +405,7 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
         source=source,
         order=table.texts("order") or defaults.order,
         steps=steps,
+        signature_flag=str(table.text("signature_flag", default=defaults.signature_flag)),
         enforce_flag=str(table.text("enforce_flag", default=defaults.enforce_flag)),
     )
 
@@ -414,3 +425,41 @@ def _backfill(root: _Table) -> BackfillConfig:
         dry_run_command=str(table.text("dry_run_command", default=defaults.dry_run_command)),
         nothing_to_change=pattern,
     )
+
+
+_WATCH_NUMBERS = {"min_requests": int, "max_ratio": float, "alpha": float, "max_after_share": float}
+_WATCH_WINDOWS = {"before_window_s": "before_window", "after_window_s": "after_window"}
+_WATCH_QUERIES = ("unauthorized_query", "requests_query")
+
+
+def _metrics(root: _Table) -> MetricsConfig:
+    table = root.table("metrics", required=False)
+    if table is None:
+        return MetricsConfig()
+    table.only("webhook_401")
+    watch = table.table("webhook_401", required=False)
+    if watch is None:
+        return MetricsConfig()
+    watch.only(*_WATCH_NUMBERS, *_WATCH_WINDOWS, *_WATCH_QUERIES, "unauthorized_empty_means_zero")
+    changes: dict[str, Any] = {}
+    for name, kind in _WATCH_NUMBERS.items():
+        if name in watch.data:
+            value = watch.data[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise watch.error(name, "must be a number")
+            changes[name] = kind(value)
+    for name, attribute in _WATCH_WINDOWS.items():
+        if name in watch.data:
+            changes[attribute] = timedelta(seconds=watch.positive_int(name, 1))
+    for name in _WATCH_QUERIES:
+        if name in watch.data:
+            changes[name] = watch.text(name)
+    if "unauthorized_empty_means_zero" in watch.data:
+        flag = watch.data["unauthorized_empty_means_zero"]
+        if not isinstance(flag, bool):
+            raise watch.error("unauthorized_empty_means_zero", "must be true or false")
+        changes["unauthorized_empty_means_zero"] = flag
+    try:
+        return MetricsConfig(webhook_401=replace(DEFAULT_THRESHOLDS, **changes))
+    except ValueError as exc:
+        raise watch.error(str(exc).split(" ", 1)[0], str(exc)) from None

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
@@ -40,6 +40,15 @@ class TargetRefused(RuntimeError):
 
 
 @dataclass
+class ServiceEndpoints:
+    """The running service around the database (from the config, or set up by a rehearsal)."""
+
+    service_url: str | None = None
+    prometheus_url: str | None = None
+    webhook_secret: str | None = field(default=None, repr=False)
+
+
+@dataclass
 class TargetSession:
     target: ResolvedTarget
     url: str
@@ -47,6 +56,7 @@ class TargetSession:
     identity: ServerIdentity
     identity_result: CheckResult
     ephemeral: EphemeralServer | None
+    services: ServiceEndpoints = field(default_factory=ServiceEndpoints)
 
     @property
     def masked_url(self) -> str:
@@ -136,7 +146,10 @@ def open_target_session(
     if ephemeral is not None and target.config.app_host == "local://":
         # The app on this machine reads the throwaway database like the suite does.
         _export(target.config.database_url_env, url, stack)
-    return TargetSession(target, url, engine, identity, result, ephemeral)
+    secret = os.environ.get(target.config.webhook_secret_env) or None
+    scrubber.register(secret)
+    services = ServiceEndpoints(target.config.service_url, target.config.prometheus_url, secret)
+    return TargetSession(target, url, engine, identity, result, ephemeral, services)
 
 
 def _export(variable: str, value: str, stack: ExitStack) -> None:

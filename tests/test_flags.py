@@ -3,9 +3,6 @@
 from __future__ import annotations
 
 import json
-import threading
-from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
@@ -21,6 +18,7 @@ from pytest_ledger_rollout.flags import (
     read_flags,
 )
 
+from .loopback_http import LoopbackHTTP, Reply
 from .support import ScenarioDb
 
 ORDER = (
@@ -116,40 +114,17 @@ def test_file_without_change_times_cannot_prove_order(tmp_path: Path) -> None:
     assert result.failure is not None and result.failure.title == "The flip order cannot be proven"
 
 
-@pytest.fixture
-def admin_endpoint() -> Iterator[tuple[str, list[object]]]:
-    """A real HTTP server on loopback; the test sets what it answers."""
-    answer: list[object] = [200, FLAGS_JSON]
-
-    class Handler(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:
-            status, body = answer
-            payload = body.encode() if isinstance(body, str) else json.dumps(body).encode()
-            self.send_response(int(str(status)))
-            self.end_headers()
-            self.wfile.write(payload)
-
-        def log_message(self, *args: object) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}/admin/flags", answer
-    server.shutdown()
-    server.server_close()
-
-
-def test_http_source(admin_endpoint: tuple[str, list[object]]) -> None:
-    url, answer = admin_endpoint
-    source = FlagSourceConfig(HTTP, url=url)
-    assert check_on_everywhere(read_flags(source, None), ORDER).ok
-    answer[:] = [503, {"error": "down"}]
-    with pytest.raises(FlagSourceError, match="answered HTTP 503"):
-        read_flags(source, None)
-    answer[:] = [200, "<html>login</html>"]
-    with pytest.raises(FlagSourceError, match="not JSON"):
-        read_flags(source, None)
+def test_http_source() -> None:
+    reply = Reply(json.dumps(FLAGS_JSON), content_type="application/json")
+    with LoopbackHTTP(lambda: reply) as admin:
+        source = FlagSourceConfig(HTTP, url=f"{admin.url}/admin/flags")
+        assert check_on_everywhere(read_flags(source, None), ORDER).ok
+        reply = Reply('{"error": "down"}', status=503)
+        with pytest.raises(FlagSourceError, match="answered HTTP 503"):
+            read_flags(source, None)
+        reply = Reply("<html>login</html>", content_type="text/html")
+        with pytest.raises(FlagSourceError, match="not JSON"):
+            read_flags(source, None)
 
 
 def test_http_source_unreachable() -> None:

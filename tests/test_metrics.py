@@ -26,18 +26,17 @@ from pytest_ledger_rollout.metrics import (
     WebhookWatchThresholds,
     webhook_401_watch,
 )
-from pytest_ledger_rollout.results import CheckResult
-
-from .prometheus_harness import (
+from pytest_ledger_rollout.metrics.server import (
     INSTALL_HINT,
-    LoopbackHTTP,
     PrometheusServer,
     PrometheusUnavailable,
-    Reply,
     Series,
     find_binaries,
     start_prometheus,
 )
+from pytest_ledger_rollout.results import CheckResult
+
+from .loopback_http import LoopbackHTTP, Reply
 from .support import missing_component
 
 BASE = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)

@@ -224,3 +224,31 @@ def _ratio(ratio: float) -> str:
 
 def _duration(window: timedelta) -> str:
     return f"{int(window.total_seconds())}s"
+
+
+def webhook_401_watch_from(
+    prometheus_url: str | None,
+    flip_at: datetime | None,
+    thresholds: WebhookWatchThresholds = DEFAULT_THRESHOLDS,
+) -> CheckResult:
+    """The watch as a phase runs it: what is missing to run it is a failure, never a pass."""
+    if prometheus_url is None:
+        return failed(
+            Failure(
+                "No Prometheus to watch the webhook 401s with",
+                expected="the target's prometheus_url",
+                seen="no prometheus_url for this target",
+                remedy="Set [targets.NAME] prometheus_url in the rollout config.",
+            )
+        )
+    if flip_at is None:
+        return failed(
+            Failure(
+                "The signature flag's flip time is unknown: the windows cannot be placed",
+                expected="a change time for webhook_signature_enforced from the flag source",
+                seen="no change time (flag missing, or a source without change times)",
+                remedy="Turn the flag on through a source that keeps change times, then rerun.",
+            )
+        )
+    with PrometheusClient(prometheus_url) as client:
+        return webhook_401_watch(client, flip_at, thresholds)

@@ -13,6 +13,7 @@ from pytest_ledger_rollout.ledger import (
     check_no_mismatch,
     last_backfill_write,
 )
+from pytest_ledger_rollout.metrics.webhook_watch import webhook_401_watch_from
 from pytest_ledger_rollout.session import TargetSession
 
 
@@ -81,4 +82,22 @@ def test_flags_flipped_in_runbook_order_after_the_backfill(
         check_enforce_after_backfill(
             enforce, flip_time(flag_states, enforce), last_backfill_write(db, rollout_config.ledger)
         ),
+    )
+
+
+@pytest.mark.dod("2.3")
+def test_no_webhook_401_surge_after_the_flip(
+    flag_states: list[FlagState],
+    rollout_target: TargetSession,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
+) -> None:
+    """No rise of 401 WEBHOOK_SIGNATURE_INVALID after the signature flip (Prometheus)"""
+    signature = rollout_config.flags.signature_flag
+    evidence.check(
+        webhook_401_watch_from(
+            rollout_target.services.prometheus_url,
+            flip_time(flag_states, signature),
+            rollout_config.metrics.webhook_401,
+        )
     )

@@ -1,4 +1,4 @@
-"""A real Prometheus for tests, on loopback, with data we control.
+"""A real Prometheus on loopback, with data we control: for rehearsals and tests.
 
 Two ways to give it data:
 
@@ -6,10 +6,10 @@ Two ways to give it data:
   blocks by ``promtool tsdb create-blocks-from openmetrics`` before the server starts. Keep
   such history well before now (days, not minutes): blocks must not overlap the head block
   (the last ~2-3 h the live server writes to), and queries are pinned inside the history.
-- live: ``LoopbackHTTP`` serves a metrics text we change at will, scraped every second.
+- live: scrape targets (``host:port`` serving /metrics), every ``scrape_interval``.
 
-Every server is stopped by ``stop()`` (context manager / fixture finalizer), and the kernel
-sends it SIGTERM if the test process dies first (PR_SET_PDEATHSIG).
+Every server is stopped by ``stop()`` (context manager), and the kernel sends it SIGTERM if
+this process dies first (PR_SET_PDEATHSIG).
 """
 
 from __future__ import annotations
@@ -21,12 +21,10 @@ import shutil
 import signal
 import socket
 import subprocess
-import threading
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from types import TracebackType
 from typing import Self
@@ -93,71 +91,6 @@ def _number(value: float) -> str:
     if math.isnan(value):
         return "NaN"
     return ("+Inf" if value > 0 else "-Inf") if math.isinf(value) else repr(value)
-
-
-# --- a loopback HTTP server: a scrape target, or a stand-in for a broken API ---------------
-
-
-@dataclass(frozen=True)
-class Reply:
-    body: str
-    status: int = 200
-    content_type: str = "text/plain; version=0.0.4"
-    delay: float = 0.0  # seconds to wait before answering (a hung upstream)
-
-
-class LoopbackHTTP:
-    """Answers every GET/POST with ``reply()``; swap ``reply`` to change what it serves."""
-
-    def __init__(self, reply: Callable[[], Reply]) -> None:
-        self.reply = reply
-        outer = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:
-                answer = outer.reply()
-                time.sleep(answer.delay)
-                payload = answer.body.encode()
-                self.send_response(answer.status)
-                self.send_header("Content-Type", answer.content_type)
-                self.send_header("Content-Length", str(len(payload)))
-                self.end_headers()
-                with contextlib.suppress(OSError):  # the client may have given up (timeout)
-                    self.wfile.write(payload)
-
-            do_POST = do_GET
-
-            def log_message(self, format: str, *args: object) -> None:
-                pass  # keep test output clean
-
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True
-        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
-        self._thread.start()
-
-    @property
-    def address(self) -> str:
-        host, port = self._server.server_address[:2]
-        return f"{host!s}:{port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self.address}"
-
-    def close(self) -> None:
-        self._server.shutdown()
-        self._server.server_close()
-
-    def __enter__(self) -> Self:
-        return self
-
-    def __exit__(
-        self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.close()
-
-
-# --- the server ------------------------------------------------------------------------------
 
 
 @dataclass
