@@ -11,6 +11,7 @@ import re
 import tomllib
 from dataclasses import dataclass, field, replace
 from datetime import timedelta
+from decimal import Decimal
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +20,7 @@ from .ledger import LedgerTables
 from .metrics.webhook_watch import DEFAULT_THRESHOLDS, WebhookWatchThresholds
 from .phases import EPHEMERAL, TARGET_KINDS
 from .postgres import EphemeralSettings
+from .smoke import SmokeSettings
 
 EPHEMERAL_PROVIDERS = ("auto", "testcontainers", "local")
 ROLLOUT_FLAGS = (
@@ -101,7 +103,7 @@ class BackfillConfig:
     dry_run_command: str = (
         "python -m backend.scripts.backfill_wallet_balances --dry-run --batch-size 1000"
     )
-    nothing_to_change: str = r"(?m)^TOTAL\b.*\bwallets=0\b"
+    nothing_to_change: str = r"(?m)^total: .*\b0 entries\b"
 
 
 @dataclass(frozen=True)
@@ -130,6 +132,7 @@ class RolloutConfig:
     flags: FlagsConfig = field(default_factory=lambda: FlagsConfig())
     backfill: BackfillConfig = field(default_factory=lambda: BackfillConfig())
     metrics: MetricsConfig = field(default_factory=lambda: MetricsConfig())
+    smoke: SmokeSettings = field(default_factory=SmokeSettings)
     forensics: ForensicsConfig = field(default_factory=ForensicsConfig)
 
     def default_target(self) -> str | None:
@@ -200,7 +203,16 @@ def load_config(path: Path) -> RolloutConfig:
         raise ConfigError(path, "<file>", f"not valid TOML ({exc})") from None
     root = _Table(path, "", data)
     root.only(
-        "migrations", "schema", "targets", "session", "ledger", "flags", "backfill", "forensics"
+        "migrations",
+        "schema",
+        "targets",
+        "session",
+        "ledger",
+        "flags",
+        "backfill",
+        "metrics",
+        "smoke",
+        "forensics",
     )
     base = path.parent
     targets_table = root.table("targets")
@@ -219,6 +231,7 @@ def load_config(path: Path) -> RolloutConfig:
         flags=_flags(root, base),
         backfill=_backfill(root),
         metrics=_metrics(root),
+        smoke=_smoke(root),
         forensics=_forensics(root, base),
     )
 
@@ -463,3 +476,24 @@ def _metrics(root: _Table) -> MetricsConfig:
         return MetricsConfig(webhook_401=replace(DEFAULT_THRESHOLDS, **changes))
     except ValueError as exc:
         raise watch.error(str(exc).split(" ", 1)[0], str(exc)) from None
+
+
+def _smoke(root: _Table) -> SmokeSettings:
+    table = root.table("smoke", required=False)
+    defaults = SmokeSettings()
+    if table is None:
+        return defaults
+    texts = ("tenant", "owner_ref", "provider", "external_command", "external_dir")
+    amounts = ("deposit", "withdrawal")
+    table.only(*texts, *amounts)
+    changes: dict[str, Any] = {name: table.text(name) for name in texts if name in table.data}
+    for name in amounts:
+        if name in table.data:
+            try:
+                amount = Decimal(str(table.data[name]))
+            except ArithmeticError:
+                raise table.error(name, 'must be an amount like "25.00"') from None
+            if not amount.is_finite() or amount <= 0:
+                raise table.error(name, "must be a positive amount")
+            changes[name] = amount
+    return replace(defaults, **changes)

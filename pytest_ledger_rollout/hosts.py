@@ -108,3 +108,23 @@ def check_backfill_dry_run(
         ),
         evidence,
     )
+
+
+def check_external_command(
+    host_spec: str, workdir: str, command: str, scrubber: Scrubber
+) -> CheckResult:
+    """A team's own end-to-end step (e.g. the runbook's yarn spec): exit 0, output as evidence."""
+    rc, output = run_on_app_host(host_spec, workdir, command)
+    tail = "\n".join(scrubber.scrub(output).strip().splitlines()[-25:])
+    evidence = Evidence(f"on {host_spec} in {workdir}", f"$ {command}  (rc={rc})\n{tail}")
+    if rc == 0:
+        return passed(f"`{command}` passed", evidence)
+    return failed(
+        Failure(
+            f"`{command}` failed (exit {rc})",
+            expected="exit 0",
+            seen=tail or "(no output)",
+            remedy="Read the spec's output above; with enforcement on the flow must be stable.",
+        ),
+        evidence,
+    )

@@ -17,8 +17,10 @@ from . import __version__, fixtures
 from .config import ConfigError, load_config
 from .evidence import PASS, CheckRecord, RunRecord, write_checksums, write_json
 from .masking import Scrubber, mask_url
+from .metrics.server import PrometheusUnavailable
 from .phases import EPHEMERAL, PHASES, Phase
 from .postgres import EphemeralUnavailable
+from .rehearsal import RehearsalFailed, RehearsalPlan, rehearse_stg_roll
 from .report import summary_html, terminal_lines, verdict_line
 from .results import Evidence
 from .session import TargetRefused, open_target_session, start_in_background
@@ -28,6 +30,7 @@ from .targets import TargetError, resolve_target
 SUITES_PACKAGE = "pytest_ledger_rollout.suites"
 DOD_MARKER = "dod"
 PREFLIGHT_MARKER = "preflight"
+REHEARSED_PHASES = frozenset({"stg-roll"})  # phases whose embedded default plays the runbook
 
 # (option, ini twin, default, help)
 _OPTIONS = (
@@ -256,6 +259,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
             state.record.aborted + "\nNothing was run against this database.",
             returncode=pytest.ExitCode.TESTS_FAILED,
         )
+    if state.target.kind == EPHEMERAL and state.phase.name in REHEARSED_PHASES:
+        _rehearse(state)
     identity = state.session.identity
     state.record.environment.update(
         {
@@ -314,6 +319,29 @@ def pytest_runtest_makereport(
 
 def _item_evidence(item: pytest.Item) -> list[Evidence]:
     return item.stash[ITEM_EVIDENCE].copy() if ITEM_EVIDENCE in item.stash else []
+
+
+def _rehearse(state: RunState) -> None:
+    """The embedded default of a later phase: play the runbook's steps on the throwaway target."""
+    assert state.session is not None
+    app_dir = state.target.config.app_dir
+    try:
+        if state.target.config.app_host != "local://" or not app_dir:
+            raise RehearsalFailed(
+                f'target {state.target.name} needs app_host = "local://" and an app_dir '
+                "holding the service to rehearse with"
+            )
+        state.session.services = rehearse_stg_roll(
+            state.config, RehearsalPlan(), app_dir, state.session.engine, dict(os.environ),
+            state.stack,
+        )  # fmt: skip
+    except (RehearsalFailed, PrometheusUnavailable) as exc:
+        state.record.aborted = state.scrubber.scrub(f"The rehearsal could not run: {exc}")
+        pytest.exit(state.record.aborted, returncode=pytest.ExitCode.TESTS_FAILED)
+    services = state.session.services
+    state.record.environment["rehearsal"] = (
+        f"service {services.service_url}, Prometheus {services.prometheus_url}"
+    )
 
 
 def _is_final(report: pytest.TestReport) -> bool:

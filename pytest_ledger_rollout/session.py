@@ -16,6 +16,7 @@ from sqlalchemy.exc import OperationalError
 
 from .config import RolloutConfig
 from .masking import Scrubber, mask_url
+from .metrics.webhook_watch import WebhookWatchThresholds
 from .migrations import AlembicProject
 from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION, Phase
 from .postgres import EphemeralServer, EphemeralSettings, start_ephemeral
@@ -46,6 +47,8 @@ class ServiceEndpoints:
     service_url: str | None = None
     prometheus_url: str | None = None
     webhook_secret: str | None = field(default=None, repr=False)
+    # A rehearsal's own 401 watch windows (seconds, not the config's staging half-hours).
+    watch: WebhookWatchThresholds | None = None
 
 
 @dataclass

@@ -55,6 +55,7 @@ def write_config(
     kind: str = "staging",
     host: str = "127.0.0.1",
     app_dir: Path | None = REFERENCE_BACKEND,
+    target_extra: str = "",
     extra: str = "",
 ) -> Path:
     chain = ", ".join(f'"{rev}"' for rev in expected_chain)
@@ -85,6 +86,8 @@ def write_config(
             """
         )
         + app
+        + "\n"
+        + target_extra
         + "\n"
         + extra
     )

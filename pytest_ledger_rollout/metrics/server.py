@@ -15,11 +15,8 @@ this process dies first (PR_SET_PDEATHSIG).
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import math
 import shutil
-import signal
-import socket
 import subprocess
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -30,6 +27,8 @@ from types import TracebackType
 from typing import Self
 
 import requests
+
+from ..processes import die_with_parent, free_port, stop_process
 
 INSTALL_HINT = "install the Debian package: apt-get install prometheus"
 READY_TIMEOUT = 15.0
@@ -103,13 +102,7 @@ class PrometheusServer:
     started_at: float  # time.time() when it was ready
 
     def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        stop_process(self.process)
 
     def log(self) -> str:
         return (self.workdir / "prometheus.log").read_text(errors="replace")
@@ -163,7 +156,7 @@ def start_prometheus(
     # The port comes from the kernel and is handed over; if another process takes it in the
     # meantime Prometheus exits at once, and we try again with a new one.
     for _ in range(3):
-        port = _free_port()
+        port = free_port()
         began = time.perf_counter()
         process = _spawn(binaries.prometheus, config, storage, port, workdir / "prometheus.log")
         url = f"http://127.0.0.1:{port}"
@@ -206,13 +199,8 @@ def _spawn(
             stdout=out,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
-            preexec_fn=_die_with_parent,
+            preexec_fn=die_with_parent,
         )
-
-
-def _die_with_parent() -> None:
-    # PR_SET_PDEATHSIG (1): a crashed or killed test run must not leave a Prometheus behind.
-    ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)
 
 
 def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> bool:
@@ -227,10 +215,3 @@ def _wait_ready(url: str, process: subprocess.Popen[bytes]) -> bool:
     process.kill()
     process.wait()
     return False
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port

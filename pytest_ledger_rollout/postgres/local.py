@@ -19,7 +19,6 @@ import re
 import secrets
 import shlex
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
@@ -29,6 +28,7 @@ from pathlib import Path
 import psycopg
 from psycopg import sql
 
+from ..processes import free_port
 from . import EphemeralServer, EphemeralSettings, EphemeralUnavailable, watchdog
 from .watchdog import Cluster
 
@@ -278,16 +278,9 @@ def _chown_tree(top: str, uid: int, gid: int | None) -> None:
             os.chown(os.path.join(parent, name), uid, group, follow_symlinks=False)
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        port: int = probe.getsockname()[1]
-        return port
-
-
 def _start_postmaster(cluster: Cluster) -> int:
     for _ in range(START_ATTEMPTS):
-        port = _free_port()
+        port = free_port()
         log_start = _log_size(cluster)
         params = {**SERVER_SETTINGS, "unix_socket_directories": cluster.tmpdir}
         options = ["-p", str(port)] + [f"-c{name}={value}" for name, value in params.items()]

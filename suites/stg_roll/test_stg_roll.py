@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.fixtures import StepRecorder
 from pytest_ledger_rollout.flags import FlagState, check_flip_order, check_on_everywhere, flip_time
-from pytest_ledger_rollout.hosts import check_backfill_dry_run
+from pytest_ledger_rollout.hosts import check_backfill_dry_run, check_external_command
 from pytest_ledger_rollout.ledger import (
     check_enforce_after_backfill,
     check_no_mismatch,
@@ -15,6 +15,7 @@ from pytest_ledger_rollout.ledger import (
 )
 from pytest_ledger_rollout.metrics.webhook_watch import webhook_401_watch_from
 from pytest_ledger_rollout.session import TargetSession
+from pytest_ledger_rollout.smoke import run_withdrawals_smoke
 
 
 @pytest.mark.dod("2.1")
@@ -98,6 +99,44 @@ def test_no_webhook_401_surge_after_the_flip(
         webhook_401_watch_from(
             rollout_target.services.prometheus_url,
             flip_time(flag_states, signature),
-            rollout_config.metrics.webhook_401,
+            rollout_target.services.watch or rollout_config.metrics.webhook_401,
+        )
+    )
+
+
+@pytest.mark.dod("2.4")
+def test_withdrawals_smoke_with_enforcement_on(
+    rollout_target: TargetSession,
+    rollout_config: RolloutConfig,
+    db: Connection,
+    evidence: StepRecorder,
+) -> None:
+    """Deposit / withdraw / approve / mark-paid with enforcement on (the built-in smoke)"""
+    services = rollout_target.services
+    evidence.check(
+        run_withdrawals_smoke(
+            services.service_url,
+            services.webhook_secret,
+            rollout_config.smoke,
+            db,
+            rollout_config.ledger,
+        )
+    )
+
+
+@pytest.mark.dod("2.4")
+def test_team_e2e_withdrawals_spec(
+    rollout_target: TargetSession, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """The team's own e2e withdrawals spec (optional external step)"""
+    smoke = rollout_config.smoke
+    if not smoke.external_command:
+        pytest.skip("no [smoke] external_command configured")
+    evidence.check(
+        check_external_command(
+            rollout_target.target.config.app_host or "local://",
+            smoke.external_dir or rollout_target.target.config.app_dir or ".",
+            smoke.external_command,
+            evidence.scrubber,
         )
     )

@@ -1,0 +1,294 @@
+"""The STG-ROLL suite end to end: the reference service as a process, a real Prometheus
+scraping it, the runbook's steps played by the rehearsal; then each seeded fault caught by
+the step that owns it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack
+from dataclasses import dataclass, field
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+import requests
+from sqlalchemy import Engine, create_engine, text
+
+from pytest_ledger_rollout.config import load_config
+from pytest_ledger_rollout.migrations import AlembicProject
+from pytest_ledger_rollout.postgres import EphemeralServer
+from pytest_ledger_rollout.processes import free_port, stop_process
+from pytest_ledger_rollout.rehearsal import (
+    RehearsalPlan,
+    Traffic,
+    rehearse_stg_roll,
+    wallets_for_traffic,
+)
+from pytest_ledger_rollout.session import ServiceEndpoints
+
+from .conftest import database_url
+from .support import REFERENCE_BACKEND, PhaseRun, RunPhase, ScenarioDb, write_config
+
+WINDOW_S = 5
+SECRET_ENV = "ROLL_TEST_WEBHOOK_SECRET"
+
+
+@dataclass
+class Rehearsed:
+    name: str
+    url: str = field(repr=False)
+    engine: Engine
+    endpoints: ServiceEndpoints = field(repr=False)
+
+    def execute(self, *statements: str) -> None:
+        with self.engine.begin() as connection:
+            for statement in statements:
+                connection.execute(text(statement))
+
+
+@pytest.fixture(scope="module")
+def rehearsed(
+    pg_server: EphemeralServer,
+    admin_engine: Engine,
+    baseline_template: str,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Rehearsed]:
+    """A staging-like database on which the rehearsal played Phase 2, service still running."""
+    name = f"roll_{uuid.uuid4().hex[:8]}"
+    with admin_engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name} TEMPLATE {baseline_template}"))
+    url = database_url(pg_server.url, name)
+    engine = create_engine(url)
+    with engine.connect() as connection:
+        AlembicProject(REFERENCE_BACKEND / "alembic.ini").upgrade(connection, "head")
+    config = load_config(write_config(tmp_path_factory.mktemp("roll"), database=name))
+    plan = RehearsalPlan(window=timedelta(seconds=WINDOW_S))
+    with ExitStack() as stack:
+        endpoints = rehearse_stg_roll(
+            config, plan, str(REFERENCE_BACKEND), engine, {**os.environ, "DATABASE_URL": url},
+            stack,
+        )  # fmt: skip
+        yield Rehearsed(name, url, engine, endpoints)
+    engine.dispose()
+    with admin_engine.connect() as connection:
+        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+def roll_config(
+    folder: Path, db: Rehearsed, *, prometheus_url: str | None = None, watch: str = ""
+) -> Path:
+    endpoints = db.endpoints
+    return write_config(
+        folder,
+        database=db.name,
+        target_extra=(
+            f'service_url = "{endpoints.service_url}"\n'
+            f'prometheus_url = "{prometheus_url or endpoints.prometheus_url}"\n'
+            f'webhook_secret_env = "{SECRET_ENV}"\n'
+        ),
+        extra=(
+            "[metrics.webhook_401]\n"
+            f"before_window_s = {WINDOW_S}\nafter_window_s = {WINDOW_S}\nmin_requests = 20\n"
+            + watch
+        ),
+    )
+
+
+RunRoll = Callable[[Path], PhaseRun]
+# Each run's smoke writes through the service; a fault (a flag off, skipped shadow writes)
+# leaves wallets off the ledger. Repaired after each test with entries no check counts as a
+# backfill, so the next test starts from the rehearsed, consistent state.
+REPAIR = (
+    "INSERT INTO ledger_entries (wallet_id, tenant_id, amount, entry_type, reference)"
+    " SELECT w.id, w.tenant_id, w.balance - coalesce(sum(e.amount), 0), 'withdrawal',"
+    " 'test-repair-' || gen_random_uuid() FROM wallets w"
+    " LEFT JOIN ledger_entries e ON e.wallet_id = w.id"
+    " GROUP BY w.id HAVING w.balance <> coalesce(sum(e.amount), 0)"
+)
+
+
+@pytest.fixture
+def run_roll(
+    rehearsed: Rehearsed, run_phase: RunPhase, monkeypatch: pytest.MonkeyPatch
+) -> Iterator[RunRoll]:
+    """Run stg-roll against the rehearsed database as a staging target."""
+    assert rehearsed.endpoints.webhook_secret is not None
+    monkeypatch.setenv(SECRET_ENV, rehearsed.endpoints.webhook_secret)
+
+    def run(config: Path) -> PhaseRun:
+        return run_phase(config, "--target=staging", url=rehearsed.url, phase="stg-roll")
+
+    yield run
+    rehearsed.execute(REPAIR)
+
+
+def outcomes(run: PhaseRun) -> dict[str, str]:
+    return {step["id"]: step["outcome"] for step in run.json()["steps"]}
+
+
+def test_embedded_default_rehearses_and_passes(tmp_path: Path, run_phase: RunPhase) -> None:
+    config = write_config(tmp_path, database="unused")
+    run = run_phase(config, phase="stg-roll")
+    assert run.result.ret == 0, run.output
+    data = run.json()
+    assert data["verdict"] == "PASS" and data["rehearsal"] is True
+    assert "webhook 401 share 0.00% after the flip" in run.step("2.3")["evidence"]
+    assert "over-withdrawal 400 INSUFFICIENT_FUNDS" in run.step("2.4")["evidence"]
+    assert "REHEARSAL" in run.artifact(".html").read_text()
+
+
+def test_rehearsed_staging_passes(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll) -> None:
+    run = run_roll(roll_config(tmp_path, rehearsed))
+    assert run.result.ret == 0, run.output
+    assert outcomes(run) == dict.fromkeys(("2.1", "2.2", "2.3", "2.4"), "passed")
+
+
+def test_flag_off_fails_2_1(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll) -> None:
+    off = "UPDATE feature_flags SET enabled = {} WHERE key = 'ledger_shadow_write'"
+    rehearsed.execute(off.format("false"))
+    try:
+        run = run_roll(roll_config(tmp_path, rehearsed))
+    finally:
+        rehearsed.execute(off.format("true"))
+    assert outcomes(run)["2.1"] == "failed"
+    assert "ledger_shadow_write: off globally" in run.output
+    assert run.json()["verdict"] == "FAIL"
+
+
+def test_flags_out_of_order_fail_2_4(
+    rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll
+) -> None:
+    move = (
+        "UPDATE feature_flags SET changed_at = changed_at {} interval '1 hour'"
+        " WHERE key = 'ledger_balance_mismatch_log' AND tenant_id IS NULL"
+    )
+    rehearsed.execute(move.format("+"))
+    try:
+        run = run_roll(roll_config(tmp_path, rehearsed))
+    finally:
+        rehearsed.execute(move.format("-"))
+    assert outcomes(run)["2.4"] == "failed"
+    assert "Flags were flipped out of runbook order" in run.output
+    assert "before ledger_balance_mismatch_log" in run.output
+
+
+def test_prometheus_down_fails_2_3(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll) -> None:
+    dead = f"http://127.0.0.1:{free_port()}"
+    run = run_roll(roll_config(tmp_path, rehearsed, prometheus_url=dead))
+    assert outcomes(run) == {"2.1": "passed", "2.2": "passed", "2.3": "failed", "2.4": "passed"}
+    assert "unreachable" in str(run.step("2.3")["evidence"]).lower() or "refused" in run.output
+
+
+def test_query_returning_nothing_fails_2_3(
+    rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll
+) -> None:
+    nothing = "unauthorized_query = 'sum(increase(ledger_no_such_metric_total[$window]))'\n"
+    run = run_roll(roll_config(tmp_path, rehearsed, watch=nothing))
+    assert outcomes(run)["2.3"] == "failed"
+    assert "no series" in run.output
+
+
+def test_skipped_ledger_write_fails_2_2(
+    rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll, skipping_service: str
+) -> None:
+    """A service instance that skips shadow writes: one withdrawal leaves a mismatch."""
+    with rehearsed.engine.connect() as connection:
+        wallet = connection.execute(
+            text("SELECT id FROM wallets WHERE owner_ref = 'u-000002' ORDER BY id LIMIT 1")
+        ).scalar_one()
+    answer = requests.post(
+        f"{skipping_service}/wallets/{wallet}/withdrawals", json={"amount": "1.00"}, timeout=10
+    )
+    assert answer.status_code == 201, answer.text
+    run = run_roll(roll_config(tmp_path, rehearsed))
+    assert outcomes(run)["2.2"] == "failed"
+    assert "1 of 120 wallets differ from the ledger (all tenants)" in run.output
+    assert "backfill_wallet_balances --dry-run" in run.output
+
+
+def test_wrong_webhook_secret_surge_fails_2_3(
+    rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll
+) -> None:
+    """Signature enforcement flipped again while a provider signs with a wrong secret."""
+    endpoints = rehearsed.endpoints
+    assert endpoints.service_url and endpoints.webhook_secret and endpoints.prometheus_url
+    wallets = wallets_for_traffic(rehearsed.engine)
+    flag = f"{endpoints.service_url}/admin/flags/webhook_signature_enforced"
+    requests.put(flag, json={"enabled": False}, timeout=10).raise_for_status()
+    with Traffic(endpoints.service_url, endpoints.webhook_secret, wallets):
+        time.sleep(WINDOW_S)
+    with Traffic(endpoints.service_url, "rotated-by-the-provider", wallets, False):
+        requests.put(flag, json={"enabled": True}, timeout=10).raise_for_status()
+        time.sleep(WINDOW_S + 2.5)
+    run = run_roll(roll_config(tmp_path, rehearsed))
+    assert outcomes(run)["2.3"] == "failed"
+    assert "Turn webhook_signature_enforced off again" in run.output
+
+
+def test_backfill_not_run_fails_2_2(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    scenario_db.upgrade("head")
+    env = {**os.environ, "DATABASE_URL": scenario_db.url}
+    seed = ["--tenants", "2", "--wallets-per-tenant", "5"]
+    subprocess.run(
+        [sys.executable, "-m", "backend.scripts.seed", *seed],
+        cwd=REFERENCE_BACKEND,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+    scenario_db.execute(
+        "INSERT INTO feature_flags (key, enabled) SELECT unnest(ARRAY['ledger_shadow_write',"
+        " 'ledger_balance_mismatch_log', 'webhook_signature_enforced',"
+        " 'ledger_enforce_balance']), true"
+    )
+    config = write_config(tmp_path, database=scenario_db.name)
+    run = run_phase(config, "--target=staging", url=scenario_db.url, phase="stg-roll")
+    assert outcomes(run)["2.1"] == "passed"
+    assert outcomes(run)["2.2"] == "failed"
+    assert "10 of 10 wallets differ from the ledger" in run.output
+    assert "The backfill dry run still has work to do" in run.output
+    assert "Cannot prove enforcement came after the backfill" in run.output
+
+
+@pytest.fixture
+def skipping_service(rehearsed: Rehearsed, tmp_path: Path) -> Iterator[str]:
+    """A second service instance on the same database, started with shadow writes skipped."""
+    port = free_port()
+    env = {
+        **os.environ,
+        "DATABASE_URL": rehearsed.url,
+        "WEBHOOK_SECRET": "unused",
+        "LEDGER_FAULT_SKIP_LEDGER_WRITE": "1",
+    }
+    with (tmp_path / "faulty.log").open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "backend.serve", "--exit-with-parent", "--port", str(port)],
+            cwd=REFERENCE_BACKEND,
+            env=env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        url = f"http://127.0.0.1:{port}"
+        deadline = time.monotonic() + 30
+        while not _healthy_with_faults(url):
+            assert time.monotonic() < deadline, "the faulty service did not start"
+            time.sleep(0.1)
+        yield url
+    finally:
+        stop_process(process)
+
+
+def _healthy_with_faults(url: str) -> bool:
+    try:
+        return bool(json.loads(requests.get(f"{url}/healthz", timeout=1).text)["faults"])
+    except (requests.RequestException, ValueError, KeyError):
+        return False
