@@ -95,6 +95,25 @@ def test_config_errors_name_the_key(tmp_path: Path, snippet: str, key: str, prob
     assert problem in str(raised.value)
 
 
+@pytest.mark.parametrize(
+    ("snippet", "key", "problem"),
+    [
+        ("[flags]\nsource = 'ldap'\n", "flags.source", "must be one of sql, http, file"),
+        ("[flags]\nsource = 'http'\n", "flags.url", "required"),
+        ("[metrics.webhook_401]\nmax_ratio = 0.5\n", "metrics.webhook_401.max_ratio", ">= 1"),
+        ("[metrics.webhook_401]\nwindow = 5\n", "metrics.webhook_401.window", "unknown key"),
+        ("[smoke]\ndeposit = '-1'\n", "smoke.deposit", "positive amount"),
+        ("[backfill]\nnothing_to_change = '('\n", "backfill.nothing_to_change", "regular"),
+    ],
+)
+def test_phase_sections_name_the_key(tmp_path: Path, snippet: str, key: str, problem: str) -> None:
+    path = write_config(tmp_path, database="ledger", extra=snippet)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.key == key
+    assert problem in str(raised.value)
+
+
 def test_baseline_must_be_in_the_chain(tmp_path: Path) -> None:
     path = write_config(tmp_path, database="ledger")
     path.write_text(
