@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shlex
 from concurrent.futures import ThreadPoolExecutor
@@ -9,6 +10,7 @@ from concurrent.futures import ThreadPoolExecutor
 import testinfra
 
 from .masking import Scrubber, mask_url
+from .processes import interpreter_path
 from .results import CheckResult, Evidence, Failure, failed, passed
 
 # The runbook's own probe (step 1.1): prints the part of the URL after '@'.
@@ -18,6 +20,10 @@ _REVISION = re.compile(r"^(\S+)(?: \((?:head|mergepoint|branchpoint|effective he
 
 def run_on_app_host(host_spec: str, app_dir: str, command: str) -> tuple[int, str]:
     host = testinfra.get_host(host_spec)
+    if host_spec == "local://":
+        # The app on this machine is the one installed beside the plugin.
+        path = shlex.quote(interpreter_path(os.environ.get("PATH")))
+        command = f"PATH={path} {command}"
     result = host.run(f"cd {shlex.quote(app_dir)} && {command}")
     return result.rc, (result.stdout + result.stderr)
 

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import ctypes
+import os
 import signal
 import socket
 import subprocess
+import sys
 
 
 def free_port() -> int:
@@ -30,3 +32,10 @@ def stop_process(process: subprocess.Popen[bytes], timeout: float = 10.0) -> Non
         except subprocess.TimeoutExpired:
             process.kill()
             process.wait()
+
+
+def interpreter_path(path: str | None) -> str:
+    """PATH with this interpreter's folder first: commands run on this machine for a local app
+    (`python -m …`, `alembic`) use the environment the plugin is installed in."""
+    folder = os.path.dirname(sys.executable)
+    return f"{folder}{os.pathsep}{path}" if path else folder

@@ -26,7 +26,7 @@ from sqlalchemy import Engine, text
 
 from .config import RolloutConfig
 from .metrics.server import start_prometheus
-from .processes import die_with_parent, free_port, stop_process
+from .processes import die_with_parent, free_port, interpreter_path, stop_process
 from .session import ServiceEndpoints
 from .smoke import SIGNATURE_HEADER, sign
 
@@ -62,7 +62,12 @@ def rehearse_stg_roll(
     """Run Phase 2 on the throwaway database; returns where the service and Prometheus are."""
     workdir = Path(tempfile.mkdtemp(prefix="ledger-rollout-rehearsal-"))
     secret = secrets.token_urlsafe(24)
-    env = {**environment, plan.service_secret_env: secret, "PYTHONUNBUFFERED": "1"}
+    env = {
+        **environment,
+        plan.service_secret_env: secret,
+        "PYTHONUNBUFFERED": "1",
+        "PATH": interpreter_path(environment.get("PATH")),
+    }
     _run(plan.seed_command, app_dir, env, "seed")
     service_url = _start_service(plan, app_dir, env, workdir, stack)
     prometheus = start_prometheus(workdir / "prometheus", scrape=[service_url.split("//")[1]])

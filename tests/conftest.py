@@ -20,7 +20,15 @@ from pytest_ledger_rollout.postgres import (
     start_ephemeral,
 )
 
-from .support import CHAIN, REFERENCE_BACKEND, PhaseRun, RunPhase, ScenarioDb, missing_component
+from .support import (
+    CHAIN,
+    REFERENCE_BACKEND,
+    PhaseRun,
+    RunPhase,
+    ScenarioDb,
+    cloned_database,
+    missing_component,
+)
 
 pytest_plugins = ["pytester"]
 
@@ -63,15 +71,8 @@ def scenario_db(
     admin_engine: Engine, baseline_template: str, pg_server: EphemeralServer
 ) -> Iterator[ScenarioDb]:
     """A fresh clone of the baseline database, dropped afterwards."""
-    name = f"scenario_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name} TEMPLATE {baseline_template}"))
-    url = database_url(pg_server.url, name)
-    engine = create_engine(url)
-    yield ScenarioDb(name, url, engine)
-    engine.dispose()
-    with admin_engine.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    with cloned_database(admin_engine, baseline_template, pg_server.url, "scenario") as db:
+        yield db
 
 
 @pytest.fixture

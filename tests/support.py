@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import os
 import textwrap
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
+from sqlalchemy.engine import make_url
 
 from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.migrations import AlembicProject
@@ -127,3 +130,21 @@ def missing_component(what: str, install: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+@contextmanager
+def cloned_database(
+    admin_engine: Engine, template: str, server_url: str, prefix: str
+) -> Iterator[ScenarioDb]:
+    """A fresh database cloned from ``template`` on the test server, dropped afterwards."""
+    name = f"{prefix}_{uuid.uuid4().hex[:10]}"
+    with admin_engine.connect() as connection:
+        connection.execute(text(f"CREATE DATABASE {name} TEMPLATE {template}"))
+    url = make_url(server_url).set(database=name).render_as_string(hide_password=False)
+    engine = create_engine(url)
+    try:
+        yield ScenarioDb(name, url, engine)
+    finally:
+        engine.dispose()
+        with admin_engine.connect() as connection:
+            connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))

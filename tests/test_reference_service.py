@@ -19,12 +19,12 @@ from typing import Any
 import pytest
 import requests
 from prometheus_client.parser import text_string_to_metric_families
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
 from pytest_ledger_rollout.postgres import EphemeralServer
 
-from .support import REFERENCE_BACKEND, ScenarioDb
+from .support import REFERENCE_BACKEND, ScenarioDb, cloned_database
 
 sys.path.insert(0, str(REFERENCE_BACKEND))  # the service is run from its folder, not installed
 from backend.process import ServiceProcess, ServiceStartError, start_service
@@ -166,19 +166,11 @@ def service_db(
     admin_engine: Engine, baseline_template: str, pg_server: EphemeralServer
 ) -> Iterator[ScenarioDb]:
     """One database at head for the module's service: 8 seeded tenants, each test its own."""
-    name = f"service_{uuid.uuid4().hex[:10]}"
-    with admin_engine.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name} TEMPLATE {baseline_template}"))
-    url = make_url(pg_server.url).set(database=name).render_as_string(hide_password=False)
-    engine = create_engine(url)
-    db = ScenarioDb(name, url, engine)
-    db.upgrade("head")
-    seeded = run_script(url, "seed", *SEED)
-    assert seeded.returncode == 0, seeded.stderr
-    yield db
-    engine.dispose()
-    with admin_engine.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+    with cloned_database(admin_engine, baseline_template, pg_server.url, "service") as db:
+        db.upgrade("head")
+        seeded = run_script(db.url, "seed", *SEED)
+        assert seeded.returncode == 0, seeded.stderr
+        yield db
 
 
 @pytest.fixture(scope="module")

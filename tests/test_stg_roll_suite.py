@@ -9,7 +9,6 @@ import os
 import subprocess
 import sys
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
@@ -18,10 +17,9 @@ from pathlib import Path
 
 import pytest
 import requests
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, text
 
 from pytest_ledger_rollout.config import load_config
-from pytest_ledger_rollout.migrations import AlembicProject
 from pytest_ledger_rollout.postgres import EphemeralServer
 from pytest_ledger_rollout.processes import free_port, stop_process
 from pytest_ledger_rollout.rehearsal import (
@@ -32,24 +30,23 @@ from pytest_ledger_rollout.rehearsal import (
 )
 from pytest_ledger_rollout.session import ServiceEndpoints
 
-from .conftest import database_url
-from .support import REFERENCE_BACKEND, PhaseRun, RunPhase, ScenarioDb, write_config
+from .support import (
+    REFERENCE_BACKEND,
+    PhaseRun,
+    RunPhase,
+    ScenarioDb,
+    cloned_database,
+    write_config,
+)
 
 WINDOW_S = 5
 SECRET_ENV = "ROLL_TEST_WEBHOOK_SECRET"
 
 
-@dataclass
+@dataclass(frozen=True)
 class Rehearsed:
-    name: str
-    url: str = field(repr=False)
-    engine: Engine
+    db: ScenarioDb
     endpoints: ServiceEndpoints = field(repr=False)
-
-    def execute(self, *statements: str) -> None:
-        with self.engine.begin() as connection:
-            for statement in statements:
-                connection.execute(text(statement))
 
 
 @pytest.fixture(scope="module")
@@ -60,33 +57,27 @@ def rehearsed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Rehearsed]:
     """A staging-like database on which the rehearsal played Phase 2, service still running."""
-    name = f"roll_{uuid.uuid4().hex[:8]}"
-    with admin_engine.connect() as connection:
-        connection.execute(text(f"CREATE DATABASE {name} TEMPLATE {baseline_template}"))
-    url = database_url(pg_server.url, name)
-    engine = create_engine(url)
-    with engine.connect() as connection:
-        AlembicProject(REFERENCE_BACKEND / "alembic.ini").upgrade(connection, "head")
-    config = load_config(write_config(tmp_path_factory.mktemp("roll"), database=name))
-    plan = RehearsalPlan(window=timedelta(seconds=WINDOW_S))
-    with ExitStack() as stack:
+    with (
+        cloned_database(admin_engine, baseline_template, pg_server.url, "roll") as db,
+        ExitStack() as stack,
+    ):
+        db.upgrade("head")
+        config = load_config(write_config(tmp_path_factory.mktemp("roll"), database=db.name))
+        plan = RehearsalPlan(window=timedelta(seconds=WINDOW_S))
+        environment = {**os.environ, "DATABASE_URL": db.url}
         endpoints = rehearse_stg_roll(
-            config, plan, str(REFERENCE_BACKEND), engine, {**os.environ, "DATABASE_URL": url},
-            stack,
-        )  # fmt: skip
-        yield Rehearsed(name, url, engine, endpoints)
-    engine.dispose()
-    with admin_engine.connect() as connection:
-        connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+            config, plan, str(REFERENCE_BACKEND), db.engine, environment, stack
+        )
+        yield Rehearsed(db, endpoints)
 
 
 def roll_config(
-    folder: Path, db: Rehearsed, *, prometheus_url: str | None = None, watch: str = ""
+    folder: Path, rehearsed: Rehearsed, *, prometheus_url: str | None = None, watch: str = ""
 ) -> Path:
-    endpoints = db.endpoints
+    endpoints = rehearsed.endpoints
     return write_config(
         folder,
-        database=db.name,
+        database=rehearsed.db.name,
         target_extra=(
             f'service_url = "{endpoints.service_url}"\n'
             f'prometheus_url = "{prometheus_url or endpoints.prometheus_url}"\n'
@@ -122,10 +113,10 @@ def run_roll(
     monkeypatch.setenv(SECRET_ENV, rehearsed.endpoints.webhook_secret)
 
     def run(config: Path) -> PhaseRun:
-        return run_phase(config, "--target=staging", url=rehearsed.url, phase="stg-roll")
+        return run_phase(config, "--target=staging", url=rehearsed.db.url, phase="stg-roll")
 
     yield run
-    rehearsed.execute(REPAIR)
+    rehearsed.db.execute(REPAIR)
 
 
 def outcomes(run: PhaseRun) -> dict[str, str]:
@@ -151,11 +142,11 @@ def test_rehearsed_staging_passes(rehearsed: Rehearsed, tmp_path: Path, run_roll
 
 def test_flag_off_fails_2_1(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll) -> None:
     off = "UPDATE feature_flags SET enabled = {} WHERE key = 'ledger_shadow_write'"
-    rehearsed.execute(off.format("false"))
+    rehearsed.db.execute(off.format("false"))
     try:
         run = run_roll(roll_config(tmp_path, rehearsed))
     finally:
-        rehearsed.execute(off.format("true"))
+        rehearsed.db.execute(off.format("true"))
     assert outcomes(run)["2.1"] == "failed"
     assert "ledger_shadow_write: off globally" in run.output
     assert run.json()["verdict"] == "FAIL"
@@ -168,11 +159,11 @@ def test_flags_out_of_order_fail_2_4(
         "UPDATE feature_flags SET changed_at = changed_at {} interval '1 hour'"
         " WHERE key = 'ledger_balance_mismatch_log' AND tenant_id IS NULL"
     )
-    rehearsed.execute(move.format("+"))
+    rehearsed.db.execute(move.format("+"))
     try:
         run = run_roll(roll_config(tmp_path, rehearsed))
     finally:
-        rehearsed.execute(move.format("-"))
+        rehearsed.db.execute(move.format("-"))
     assert outcomes(run)["2.4"] == "failed"
     assert "Flags were flipped out of runbook order" in run.output
     assert "before ledger_balance_mismatch_log" in run.output
@@ -198,7 +189,7 @@ def test_skipped_ledger_write_fails_2_2(
     rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll, skipping_service: str
 ) -> None:
     """A service instance that skips shadow writes: one withdrawal leaves a mismatch."""
-    with rehearsed.engine.connect() as connection:
+    with rehearsed.db.engine.connect() as connection:
         wallet = connection.execute(
             text("SELECT id FROM wallets WHERE owner_ref = 'u-000002' ORDER BY id LIMIT 1")
         ).scalar_one()
@@ -218,7 +209,7 @@ def test_wrong_webhook_secret_surge_fails_2_3(
     """Signature enforcement flipped again while a provider signs with a wrong secret."""
     endpoints = rehearsed.endpoints
     assert endpoints.service_url and endpoints.webhook_secret and endpoints.prometheus_url
-    wallets = wallets_for_traffic(rehearsed.engine)
+    wallets = wallets_for_traffic(rehearsed.db.engine)
     flag = f"{endpoints.service_url}/admin/flags/webhook_signature_enforced"
     requests.put(flag, json={"enabled": False}, timeout=10).raise_for_status()
     with Traffic(endpoints.service_url, endpoints.webhook_secret, wallets):
@@ -264,7 +255,7 @@ def skipping_service(rehearsed: Rehearsed, tmp_path: Path) -> Iterator[str]:
     port = free_port()
     env = {
         **os.environ,
-        "DATABASE_URL": rehearsed.url,
+        "DATABASE_URL": rehearsed.db.url,
         "WEBHOOK_SECRET": "unused",
         "LEDGER_FAULT_SKIP_LEDGER_WRITE": "1",
     }
