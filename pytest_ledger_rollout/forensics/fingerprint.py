@@ -20,12 +20,13 @@ from sqlalchemy.engine import Connection, Row
 VERSION_TABLE = "alembic_version"
 
 # The relations a fingerprint may show: outside the system schemas, not part of an extension.
+# {only} narrows them to those a read of some units needs (see SchemaLog).
 _REL = r"""
-    rel AS {materialized} (
+    rel AS (
         SELECT c.oid, c.relkind, c.relname,
                CASE WHEN n.nspname = 'public' THEN '' ELSE n.nspname || '.' END AS prefix
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
+        WHERE {only} AND n.nspname <> 'information_schema' AND n.nspname NOT LIKE 'pg\_%'
           AND NOT EXISTS (SELECT 1 FROM pg_depend d
                           WHERE d.classid = 'pg_class'::regclass AND d.objid = c.oid
                             AND d.deptype = 'e')
@@ -92,7 +93,7 @@ _OBJECTS = r"""
 """
 
 _CATALOG = text(
-    f"WITH {_REL.format(materialized='')} {_OBJECTS.format(rel_units='true', type_units='true')}"
+    f"WITH {_REL.format(only='true')} {_OBJECTS.format(rel_units='true', type_units='true')}"
 )
 
 
@@ -229,6 +230,7 @@ DECLARE
                          || current_setting('quote_all_identifiers');
     rels oid[];
     types oid[];
+    near oid[];
 BEGIN
     PERFORM set_config('ledger_rollout.ddl_log', '', false);
     -- Everything on a session's first read, after a change to a setting that decides how
@@ -239,7 +241,7 @@ BEGIN
            WHERE evtname LIKE '{_LOG_SCHEMA}\_%' AND evtenabled = 'A') < 2 THEN
         PERFORM set_config('ledger_rollout.printed_with', printed_with, false);
         RETURN QUERY SELECT NULL, NULL, NULL, NULL, 0::oid, 0::oid;
-        RETURN QUERY WITH {_REL.format(materialized="")}
+        RETURN QUERY WITH {_REL.format(only="true")}
             {_OBJECTS.format(rel_units="true", type_units="true")};
         RETURN;
     END IF;
@@ -283,7 +285,12 @@ BEGIN
     INTO rels, types FROM units;
     RETURN QUERY SELECT NULL, NULL, NULL, NULL, 'pg_class'::regclass::oid, unnest(rels);
     RETURN QUERY SELECT NULL, NULL, NULL, NULL, 'pg_type'::regclass::oid, unnest(types);
-    RETURN QUERY WITH {_REL.format(materialized="NOT MATERIALIZED")}
+    -- The units' relations, and the tables their indexes and sequences belong to.
+    near := rels || ARRAY(SELECT indrelid FROM pg_index WHERE indexrelid = ANY (rels))
+            || ARRAY(SELECT refobjid FROM pg_depend
+                     WHERE classid = 'pg_class'::regclass AND objid = ANY (rels)
+                       AND refclassid = 'pg_class'::regclass AND deptype IN ('a', 'i'));
+    RETURN QUERY WITH {_REL.format(only="c.oid = ANY (near)")}
         {_OBJECTS.format(rel_units="u.oid = ANY (rels)", type_units="u.oid = ANY (types)")};
 END $$;
 CREATE EVENT TRIGGER {_LOG_SCHEMA}_ddl ON ddl_command_end EXECUTE FUNCTION {_LOG_SCHEMA}.log();
