@@ -17,6 +17,7 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
 from pytest_ledger_rollout.config import load_config
+from pytest_ledger_rollout.evidence import write_checksums
 from pytest_ledger_rollout.migrations import AlembicProject
 
 REPO = Path(__file__).resolve().parent.parent
@@ -148,3 +149,40 @@ def cloned_database(
         engine.dispose()
         with admin_engine.connect() as connection:
             connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+RELEASE = "2026.11.3"
+
+
+def write_signoff(
+    folder: Path,
+    phase: str,
+    *,
+    target: str = "staging",
+    stamp: str = "20261128T140512Z",
+    rehearsal: bool = False,
+    head: str = HEAD,
+    release: str | None = RELEASE,
+    **fields: Any,
+) -> Path:
+    """A sign-off as plugin.py writes it: HTML, JSON and the sha256 of both."""
+    folder.mkdir(parents=True, exist_ok=True)
+    stem = folder / f"{phase}-{target}-{stamp}"
+    environment = {"alembic head (expected)": head}
+    if release is not None:
+        environment["release"] = release
+    document = {
+        "phase": phase,
+        "target": target,
+        "target_kind": "ephemeral" if rehearsal else "staging",
+        "rehearsal": rehearsal,
+        "verdict": "PASS",
+        "steps": [],
+        "environment": environment,
+        **fields,
+    }
+    html, signoff = stem.with_suffix(".html"), stem.with_suffix(".json")
+    html.write_text("<html>sign-off</html>")
+    signoff.write_text(json.dumps(document, indent=2))
+    write_checksums([html, signoff], stem.with_suffix(".sha256"))
+    return signoff

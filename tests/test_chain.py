@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -12,43 +11,7 @@ from pytest_ledger_rollout.chain import check_predecessor
 from pytest_ledger_rollout.evidence import write_checksums
 from pytest_ledger_rollout.results import CheckResult
 
-from .support import HEAD
-
-RELEASE = "2026.11.3"
-
-
-def write_signoff(
-    folder: Path,
-    phase: str,
-    *,
-    target: str = "staging",
-    stamp: str = "20261128T140512Z",
-    rehearsal: bool = False,
-    head: str = HEAD,
-    release: str | None = RELEASE,
-    **fields: Any,
-) -> Path:
-    """A sign-off as plugin.py writes it: HTML, JSON and the sha256 of both."""
-    folder.mkdir(parents=True, exist_ok=True)
-    stem = folder / f"{phase}-{target}-{stamp}"
-    environment = {"alembic head (expected)": head}
-    if release is not None:
-        environment["release"] = release
-    document = {
-        "phase": phase,
-        "target": target,
-        "target_kind": "ephemeral" if rehearsal else "staging",
-        "rehearsal": rehearsal,
-        "verdict": "PASS",
-        "steps": [],
-        "environment": environment,
-        **fields,
-    }
-    html, signoff = stem.with_suffix(".html"), stem.with_suffix(".json")
-    html.write_text("<html>sign-off</html>")
-    signoff.write_text(json.dumps(document, indent=2))
-    write_checksums([html, signoff], stem.with_suffix(".sha256"))
-    return signoff
+from .support import HEAD, RELEASE, write_signoff
 
 
 def check(folder: Path, phase: str = "prd-pilot", **options: Any) -> CheckResult:

@@ -1,17 +1,41 @@
 """Metric gates from Prometheus: a fail-closed client, exact count tests, the runbook's watches."""
 
 from .counts import RateComparison, WindowCounts, binomial_sf, compare_rates
+from .decision import (
+    Decision,
+    DecisionPolicy,
+    Finding,
+    MismatchSignal,
+    Outcome,
+    RateSignal,
+    RollbackPlan,
+    TenantVerdict,
+    Verdict,
+    decide,
+    to_check_result,
+)
 from .prometheus import InstantVector, PrometheusClient, PrometheusError
 from .webhook_watch import WebhookWatchThresholds, webhook_401_watch
 
 __all__ = [
+    "Decision",
+    "DecisionPolicy",
+    "Finding",
     "InstantVector",
+    "MismatchSignal",
+    "Outcome",
     "PrometheusClient",
     "PrometheusError",
     "RateComparison",
+    "RateSignal",
+    "RollbackPlan",
+    "TenantVerdict",
+    "Verdict",
     "WebhookWatchThresholds",
     "WindowCounts",
     "binomial_sf",
     "compare_rates",
+    "decide",
+    "to_check_result",
     "webhook_401_watch",
 ]
