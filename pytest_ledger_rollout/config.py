@@ -17,8 +17,10 @@ from typing import Any
 
 from .flags import FLAG_SOURCES, HTTP, SQL, FlagSourceConfig
 from .ledger import LedgerTables
+from .metrics.decision import DEFAULT_POLICY, DecisionPolicy, Verdict
 from .metrics.webhook_watch import DEFAULT_THRESHOLDS, WebhookWatchThresholds
 from .phases import EPHEMERAL, TARGET_KINDS
+from .pilot import RiskCriteria
 from .postgres import EphemeralSettings
 from .smoke import SmokeSettings
 
@@ -118,6 +120,22 @@ class ForensicsConfig:
 @dataclass(frozen=True)
 class MetricsConfig:
     webhook_401: WebhookWatchThresholds = DEFAULT_THRESHOLDS
+    decision: DecisionPolicy = DEFAULT_POLICY
+
+
+@dataclass(frozen=True)
+class PilotConfig:
+    tenants: tuple[str, ...] = ()  # 3.1: the 1 to 3 pilot tenants
+    control_tenants: tuple[str, ...] = ()  # 3.3: compared with the pilots in the same window
+    risk: RiskCriteria = field(default_factory=RiskCriteria)
+    dry_run: bool = False  # 3.3 evaluates and reports what it would decide, without failing
+
+
+@dataclass(frozen=True)
+class GaConfig:
+    waves: tuple[tuple[str, ...], ...] = ()  # the rollout waves declared so far
+    rollback_flags: tuple[str, ...] = ()  # OPS-02: what a tenant's rollback turns off
+    min_share: float = 1.0  # the share of tenants enforce must reach ("general use")
 
 
 @dataclass(frozen=True)
@@ -133,6 +151,8 @@ class RolloutConfig:
     backfill: BackfillConfig = field(default_factory=lambda: BackfillConfig())
     metrics: MetricsConfig = field(default_factory=lambda: MetricsConfig())
     smoke: SmokeSettings = field(default_factory=SmokeSettings)
+    pilot: PilotConfig = field(default_factory=lambda: PilotConfig())
+    ga: GaConfig = field(default_factory=lambda: GaConfig())
     forensics: ForensicsConfig = field(default_factory=ForensicsConfig)
 
     def default_target(self) -> str | None:
@@ -213,6 +233,8 @@ def load_config(path: Path) -> RolloutConfig:
         "metrics",
         "smoke",
         "forensics",
+        "pilot",
+        "ga",
     )
     base = path.parent
     targets_table = root.table("targets")
@@ -232,6 +254,8 @@ def load_config(path: Path) -> RolloutConfig:
         backfill=_backfill(root),
         metrics=_metrics(root),
         smoke=_smoke(root),
+        pilot=_pilot(root),
+        ga=_ga(root),
         forensics=_forensics(root, base),
     )
 
@@ -449,10 +473,11 @@ def _metrics(root: _Table) -> MetricsConfig:
     table = root.table("metrics", required=False)
     if table is None:
         return MetricsConfig()
-    table.only("webhook_401")
+    table.only("webhook_401", "decision")
+    decision = _decision(table.table("decision", required=False))
     watch = table.table("webhook_401", required=False)
     if watch is None:
-        return MetricsConfig()
+        return MetricsConfig(decision=decision)
     watch.only(*_WATCH_NUMBERS, *_WATCH_WINDOWS, *_WATCH_QUERIES, "unauthorized_empty_means_zero")
     changes: dict[str, Any] = {}
     for name, kind in _WATCH_NUMBERS.items():
@@ -473,7 +498,7 @@ def _metrics(root: _Table) -> MetricsConfig:
             raise watch.error("unauthorized_empty_means_zero", "must be true or false")
         changes["unauthorized_empty_means_zero"] = flag
     try:
-        return MetricsConfig(webhook_401=replace(DEFAULT_THRESHOLDS, **changes))
+        return MetricsConfig(webhook_401=replace(DEFAULT_THRESHOLDS, **changes), decision=decision)
     except ValueError as exc:
         raise watch.error(str(exc).split(" ", 1)[0], str(exc)) from None
 
@@ -489,11 +514,111 @@ def _smoke(root: _Table) -> SmokeSettings:
     changes: dict[str, Any] = {name: table.text(name) for name in texts if name in table.data}
     for name in amounts:
         if name in table.data:
-            try:
-                amount = Decimal(str(table.data[name]))
-            except ArithmeticError:
-                raise table.error(name, 'must be an amount like "25.00"') from None
-            if not amount.is_finite() or amount <= 0:
-                raise table.error(name, "must be a positive amount")
-            changes[name] = amount
+            changes[name] = _amount(table, name)
     return replace(defaults, **changes)
+
+
+def _pilot(root: _Table) -> PilotConfig:
+    table = root.table("pilot", required=False)
+    if table is None:
+        return PilotConfig()
+    table.only("tenants", "control_tenants", "risk", "dry_run")
+    risk = table.table("risk", required=False)
+    criteria = RiskCriteria()
+    if risk is not None:
+        counts = ("min_wallets", "max_wallets", "volume_days")
+        risk.only(*counts, "max_open_findings", "max_withdrawal_volume", "volume_statuses")
+        changes: dict[str, Any] = {
+            name: risk.positive_int(name, getattr(criteria, name)) for name in counts
+        }
+        if "max_open_findings" in risk.data:
+            findings = risk.data["max_open_findings"]
+            if isinstance(findings, bool) or not isinstance(findings, int) or findings < 0:
+                raise risk.error("max_open_findings", "must be an integer >= 0")
+            changes["max_open_findings"] = findings
+        if "max_withdrawal_volume" in risk.data:
+            changes["max_withdrawal_volume"] = _amount(risk, "max_withdrawal_volume")
+        changes["volume_statuses"] = risk.texts("volume_statuses") or criteria.volume_statuses
+        criteria = replace(criteria, **changes)
+    dry_run = table.data.get("dry_run", False)
+    if not isinstance(dry_run, bool):
+        raise table.error("dry_run", "must be true or false")
+    return PilotConfig(
+        tenants=table.texts("tenants"),
+        control_tenants=table.texts("control_tenants"),
+        risk=criteria,
+        dry_run=dry_run,
+    )
+
+
+def _ga(root: _Table) -> GaConfig:
+    table = root.table("ga", required=False)
+    if table is None:
+        return GaConfig()
+    table.only("waves", "rollback_flags", "min_share")
+    waves = table.data.get("waves", [])
+    if not isinstance(waves, list) or not all(
+        isinstance(wave, list) and wave and all(isinstance(t, str) and t for t in wave)
+        for wave in waves
+    ):
+        raise table.error("waves", 'must be a list of tenant lists, e.g. [["t-001"], ["t-002"]]')
+    share = table.data.get("min_share", 1.0)
+    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+        raise table.error("min_share", "must be a number in (0, 1]")
+    return GaConfig(
+        waves=tuple(tuple(wave) for wave in waves),
+        rollback_flags=table.texts("rollback_flags"),
+        min_share=float(share),
+    )
+
+
+def _amount(table: _Table, name: str) -> Decimal:
+    try:
+        amount = Decimal(str(table.data[name]))
+    except ArithmeticError:
+        raise table.error(name, 'must be an amount like "25.00"') from None
+    if not amount.is_finite() or amount <= 0:
+        raise table.error(name, "must be a positive amount")
+    return amount
+
+
+_SIGNALS = ("insufficient_funds", "webhook_401")
+
+
+def _decision(table: _Table | None) -> DecisionPolicy:
+    """[metrics.decision]: windows, and for both rate signals the same test settings."""
+    if table is None:
+        return DEFAULT_POLICY
+    actions = tuple(f"{signal}_action" for signal in _SIGNALS)
+    table.only("window_s", "baseline_window_s", *_WATCH_NUMBERS, *actions, "mismatch_max_count")
+    tests: dict[str, Any] = {}
+    for name, kind in _WATCH_NUMBERS.items():
+        if name in table.data and name != "max_after_share":
+            value = table.data[name]
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise table.error(name, "must be a number")
+            tests[name] = kind(value)
+    if "max_after_share" in table.data:
+        raise table.error("max_after_share", "applies to [metrics.webhook_401] only")
+    signals: dict[str, Any] = {}
+    for signal, action in zip(_SIGNALS, actions, strict=True):
+        verdict = table.text(action)
+        if verdict is not None and verdict not in (Verdict.HOLD, Verdict.ROLLBACK):
+            raise table.error(action, "must be HOLD or ROLLBACK")
+        changes = {**tests, **({"action": Verdict(verdict)} if verdict else {})}
+        signals[signal] = replace(getattr(DEFAULT_POLICY, signal), **changes)
+    windows: dict[str, Any] = {
+        attribute: timedelta(seconds=table.positive_int(name, 1))
+        for name, attribute in (("window_s", "window"), ("baseline_window_s", "baseline_window"))
+        if name in table.data
+    }
+    mismatch = DEFAULT_POLICY.balance_mismatch
+    if "mismatch_max_count" in table.data:
+        count = table.data["mismatch_max_count"]
+        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
+            raise table.error("mismatch_max_count", "must be an integer >= 0")
+        mismatch = replace(mismatch, max_count=count)
+    try:
+        return replace(DEFAULT_POLICY, **signals, **windows, balance_mismatch=mismatch)
+    except ValueError as exc:
+        raise table.error(str(exc).split(" ", 1)[0], str(exc)) from None

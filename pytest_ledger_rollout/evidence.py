@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -11,8 +12,10 @@ from typing import Any
 from .masking import Scrubber
 from .phases import Phase, Step
 from .results import Evidence
+from .waivers import Waiver, waived_outcome
 
 PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
+DECISION_FACT = "OPS-02 decision"  # the environment fact a deciding phase's 3.3 records
 PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
 
 
@@ -32,9 +35,10 @@ class CheckRecord:
 @dataclass(frozen=True)
 class StepOutcome:
     step: Step
-    outcome: str  # passed | failed | not run
+    outcome: str  # passed | failed | not run | waived | waived (not run)
     evidence: str  # one line for the checklist
     checks: tuple[CheckRecord, ...]
+    waiver: Waiver | None = None  # the step's waiver on file, active or expired
 
 
 @dataclass
@@ -46,6 +50,7 @@ class RunRecord:
     environment: dict[str, str] = field(default_factory=dict)
     checks: list[CheckRecord] = field(default_factory=list)
     aborted: str | None = None  # why the run stopped before its checks
+    waivers: Mapping[str, Waiver] = field(default_factory=dict)
 
     @property
     def rehearsal(self) -> bool:
@@ -73,7 +78,9 @@ class RunRecord:
             else:
                 skipped = [c.summary for c in checks if c.summary]
                 outcome, line = NOT_RUN, skipped[0] if skipped else "no check ran"
-            outcomes.append(StepOutcome(step, outcome, line, checks))
+            waiver = self.waivers.get(step.id)
+            outcome = waived_outcome(waiver, {c.outcome for c in checks}) or outcome
+            outcomes.append(StepOutcome(step, outcome, line, checks, waiver))
         return outcomes
 
     def failed_preflights(self) -> list[CheckRecord]:
@@ -83,6 +90,8 @@ class RunRecord:
         return any(s.step.id == step_id and s.outcome == PASSED for s in self.step_outcomes())
 
     def verdict(self) -> str:
+        # A waived step (failure waived, or not run by its waiver) neither fails nor leaves
+        # the phase incomplete.
         if self.aborted:
             return FAIL
         outcomes = [s.outcome for s in self.step_outcomes()]
@@ -92,6 +101,18 @@ class RunRecord:
             return INCOMPLETE
         return PASS
 
+    def decision(self) -> str | None:
+        """A deciding phase's GO / HOLD / ROLLBACK: GO only when every step passed and OPS-02
+        said GO; ROLLBACK when OPS-02 said so; a dry run says what it would decide."""
+        if not self.phase.decides:
+            return None
+        ops02 = self.environment.get(DECISION_FACT, "")
+        if ops02 == "GO":
+            return "GO" if self.verdict() == PASS else "HOLD"
+        if ops02 == "ROLLBACK" or ops02.startswith("DRY RUN"):
+            return ops02
+        return "HOLD"
+
     def as_json(self) -> dict[str, Any]:
         return {
             "phase": self.phase.name,
@@ -99,6 +120,7 @@ class RunRecord:
             "target_kind": self.target_kind,
             "rehearsal": self.rehearsal,
             "verdict": self.verdict(),
+            "decision": self.decision(),
             "aborted": self.aborted,
             "steps": [
                 {
@@ -106,6 +128,7 @@ class RunRecord:
                     "title": s.step.title,
                     "outcome": s.outcome,
                     "evidence": s.evidence,
+                    "waiver": s.waiver.as_json() if s.waiver else None,
                     "checks": [
                         {
                             "name": c.name,

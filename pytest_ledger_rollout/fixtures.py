@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
+from contextlib import ExitStack
 
 import pytest
 from sqlalchemy.engine import Connection
 
+from .chain import check_predecessor
 from .config import RolloutConfig
 from .flags import FlagSourceError, FlagState, read_flags
+from .forensics.history import scratch_database
+from .forensics.snapshot import walk_settings
 from .migrations import AlembicProject
+from .postgres import start_ephemeral
 from .results import CheckResult, DodFailure, Failure
 from .session import TargetRefused, TargetSession, migration_lock
 from .state import ITEM_EVIDENCE, ITEM_SUMMARY, RUN_STATE, RunState
@@ -140,3 +145,33 @@ def flag_states(rollout_config: RolloutConfig, db: Connection) -> list[FlagState
                 remedy="Check [flags] in the rollout config and that the source is reachable.",
             )
         ) from None
+
+
+@pytest.fixture
+def predecessor_signoff(request: pytest.FixtureRequest) -> CheckResult:
+    """The phase chain: the predecessor's sign-off, verified (not trusted) for this run."""
+    state = _run_state(request)
+    return check_predecessor(
+        state.phase.name,
+        signoff_dir=state.paths.json.parent,
+        head=state.config.migrations.expected_chain[-1],
+        release=state.record.environment.get("release"),
+        rehearsal=state.record.rehearsal,
+        path=state.predecessor,
+    )
+
+
+@pytest.fixture(scope="session")
+def scratch_connection(
+    request: pytest.FixtureRequest, rollout_target: TargetSession, rollout_config: RolloutConfig
+) -> Iterator[Connection]:
+    """A throwaway database for rehearsing destructive steps: on the ephemeral target's own
+    server, else on a throwaway server of its own; never on the target's server."""
+    with ExitStack() as stack:
+        if rollout_target.ephemeral is not None:
+            server_url = rollout_target.ephemeral.url
+        else:
+            server = stack.enter_context(start_ephemeral(walk_settings(rollout_config)))
+            _run_state(request).scrubber.register(server.password)
+            server_url = server.url
+        yield stack.enter_context(scratch_database(server_url))

@@ -349,3 +349,60 @@ def _unique_states(connection: Connection, uniques: Sequence[UniqueSpec]) -> lis
         state = "present" if result.ok else "absent"
         lines.append(f"UNIQUE ({', '.join(spec.columns)}) on {spec.table}: {state}")
     return lines
+
+
+def check_release_downgrades(
+    project: AlembicProject, connection: Connection, revisions: Sequence[str]
+) -> CheckResult:
+    """OPS-02 rollback readiness, rehearsed on a throwaway database (never production): from
+    head, each revision of the release is downgraded one step (proven on the schema), and the
+    upgrade back to head restores the head schema exactly."""
+    project.upgrade(connection, "head")
+    at_head = snapshot(connection)
+    head = project.heads()[-1]
+    steps: list[str] = []
+    for revision in reversed(revisions):
+        before = snapshot(connection)
+        previous = project.down_revision(revision)
+        try:
+            project.downgrade(connection, "-1")
+        except Exception as exc:
+            steps.append(f"downgrade {revision}: {' '.join(str(exc).split())[:600]}")
+            return _rollback_not_ready(
+                revision, f"`alembic downgrade -1` from {revision} failed", steps
+            )
+        current = project.current(connection)
+        undone = before.difference(snapshot(connection))
+        steps.append(
+            f"downgrade {revision} -> {', '.join(current) or 'base'}: {len(undone)} change(s)"
+        )
+        if current != ((previous,) if previous else ()):
+            return _rollback_not_ready(
+                revision, f"after downgrading {revision}, current is {current}", steps
+            )
+        if not undone:
+            return _rollback_not_ready(
+                revision, f"the downgrade of {revision} changed no schema object", steps
+            )
+    project.upgrade(connection, "head")
+    not_restored = at_head.difference(snapshot(connection))
+    steps.append(f"upgrade head -> {head}: {len(not_restored)} difference(s) from the head schema")
+    if not_restored:
+        return _rollback_not_ready(head, "the upgrade back did not restore the head schema", steps)
+    return passed(
+        f"{len(revisions)} revision(s) of the release downgrade and upgrade cleanly "
+        "(rehearsed on a throwaway database)",
+        Evidence("downgrade rehearsal", "\n".join(steps)),
+    )
+
+
+def _rollback_not_ready(revision: str, seen: str, steps: list[str]) -> CheckResult:
+    return failed(
+        Failure(
+            f"The release cannot be rolled back past {revision}",
+            expected="each revision of this release downgrades; the upgrade back restores head",
+            seen=seen,
+            remedy=f"Fix the downgrade() of {revision} before widening the rollout (OPS-02).",
+        ),
+        Evidence("downgrade rehearsal", "\n".join(steps)),
+    )

@@ -14,6 +14,7 @@ DESTRUCTIVE_KINDS = frozenset({EPHEMERAL, STAGING})
 class Step:
     id: str
     title: str
+    waivable: bool = True  # the phase chain is not: a waiver must not stand in for a sign-off
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,13 @@ class Phase:
     # An ephemeral target starts at the deployed revision for the migration gate (so the
     # suite walks the real path to head), and at head for the later phases.
     ephemeral_at_baseline: bool = False
+    # Production phases read only, even on a throwaway target (the rehearsal proves it).
+    read_only: bool = False
+    decides: bool = False  # ends with GO / HOLD / ROLLBACK (the pilot's OPS-02 decision)
+
+    def session_kind(self, target_kind: str) -> str:
+        """The safety policy a session gets: a production phase's is always production's."""
+        return PRODUCTION if self.read_only else target_kind
 
     @property
     def package(self) -> str:
@@ -54,6 +62,7 @@ PHASES: dict[str, Phase] = {
             "STG-ROLL: staging rollout",
             frozenset({EPHEMERAL, STAGING}),
             (
+                Step("2.0", "STG-MIG signed off (PASS) for this head and release", waivable=False),
                 Step("2.1", "Telemetry and shadow-write flags on"),
                 Step("2.2", "OPS-01 backfill leaves no mismatch"),
                 Step("2.3", "Webhook signature enforcement without a 401 surge"),
@@ -65,16 +74,25 @@ PHASES: dict[str, Phase] = {
             "PRD-PILOT: production pilot rollout",
             frozenset({EPHEMERAL, PRODUCTION}),
             (
+                Step("3.0", "STG-ROLL signed off (PASS) for this head and release", waivable=False),
                 Step("3.1", "Pilot tenant selection"),
                 Step("3.2", "Pilot backfill, signature and enforce"),
                 Step("3.3", "OPS-02 decision matrix"),
             ),
+            read_only=True,
+            decides=True,
         ),
         Phase(
             "prd-ga",
             "PRD-GA: gradual expansion",
             frozenset({EPHEMERAL, PRODUCTION}),
-            (Step("4.1", "Rollout widened tenant by tenant; rollback ready"),),
+            (
+                Step("4.0", "PRD-PILOT signed off (GO) for this head and release", waivable=False),
+                Step("4.1", "Rollout widened tenant by tenant; every enabled tenant clean"),
+                Step("4.2", "Rollback procedure ready (OPS-02)"),
+                Step("4.3", "Enforce in general use; decision signals clean"),
+            ),
+            read_only=True,
         ),
     )
 }

@@ -15,22 +15,24 @@ import pytest
 
 from . import __version__, fixtures
 from .config import ConfigError, load_config
-from .evidence import PASS, CheckRecord, RunRecord, write_checksums, write_json
+from .evidence import PASS, CheckRecord, RunRecord, sha256_file, write_checksums, write_json
 from .masking import Scrubber, mask_url
 from .metrics.server import PrometheusUnavailable
 from .phases import EPHEMERAL, PHASES, Phase
 from .postgres import EphemeralUnavailable
-from .rehearsal import RehearsalFailed, RehearsalPlan, rehearse_stg_roll
+from .rehearsal import RehearsalFailed, RehearsalPlan, rehearse_production, rehearse_stg_roll
 from .report import summary_html, terminal_lines, verdict_line
 from .results import Evidence
 from .session import TargetRefused, open_target_session, start_in_background
 from .state import ITEM_EVIDENCE, ITEM_SUMMARY, RUN_STATE, RunState, SignoffPaths
 from .targets import TargetError, resolve_target
+from .waivers import SKIP_REASON, WaiverError, load_waivers
 
 SUITES_PACKAGE = "pytest_ledger_rollout.suites"
 DOD_MARKER = "dod"
 PREFLIGHT_MARKER = "preflight"
-REHEARSED_PHASES = frozenset({"stg-roll"})  # phases whose embedded default plays the runbook
+REHEARSED_PHASES = frozenset({"stg-roll", "prd-pilot", "prd-ga"})  # embedded defaults that
+# play the runbook's steps on the throwaway target before the checks
 
 # (option, ini twin, default, help)
 _OPTIONS = (
@@ -47,6 +49,25 @@ _OPTIONS = (
         "rollout_signoff_dir",
         "reports",
         "folder for the sign-off HTML, JSON and sha256",
+    ),
+    (
+        "waivers",
+        "rollout_waivers",
+        None,
+        "waiver file (YAML): step id -> justification, expiration_date, approver, run",
+    ),
+    (
+        "release",
+        "rollout_release",
+        None,
+        "the release (RC) this run signs off; the phase chain compares it "
+        "(ephemeral targets: 'rehearsal')",
+    ),
+    (
+        "predecessor",
+        "rollout_predecessor",
+        None,
+        "the predecessor phase's sign-off JSON (default: the newest in the sign-off folder)",
     ),
 )
 
@@ -147,7 +168,30 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
     )
     if os.environ.get("CI_RUN_URL") or os.environ.get("GITHUB_RUN_ID"):
         record.environment["CI run"] = _ci_run_url()
-    return RunState(rollout, phase, target, record, scrubber, paths)
+    _load_waivers(config, record, started.date())
+    release, _ = _option(config, "rollout_release")
+    release = release or ("rehearsal" if target.kind == EPHEMERAL else None)
+    if release:
+        record.environment["release"] = release
+    predecessor, predecessor_base = _option(config, "rollout_predecessor")
+    state = RunState(rollout, phase, target, record, scrubber, paths)
+    if predecessor:
+        state.predecessor = (predecessor_base / predecessor).resolve()
+    return state
+
+
+def _load_waivers(config: pytest.Config, record: RunRecord, today: dt.date) -> None:
+    """The waiver file onto the record; its hash goes in the environment, since it changes
+    what the verdict means."""
+    value, base = _option(config, "rollout_waivers")
+    if value is None:
+        return
+    path = (base / value).resolve()
+    try:
+        record.waivers = load_waivers(path, record.phase, today)
+    except WaiverError as exc:
+        raise pytest.UsageError(f"invalid waiver file: {exc}") from None
+    record.environment["waivers"] = f"{path.name} sha256:{sha256_file(path)[:12]}"
 
 
 def _suite_dir(phase: Phase) -> Path:
@@ -191,9 +235,10 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     if state.target.kind == EPHEMERAL:
         revision = state.config.migrations.baseline if state.phase.ephemeral_at_baseline else "head"
         start = f" starts-at={revision}"
+    waivers = f" waivers={env['waivers']}" if "waivers" in env else ""
     return state.scrubber.scrub(
         f"ledger-rollout: phase={state.phase.name} target={env['target']} db={env['database']}"
-        f"{start} config={env['rollout config']} plugin={__version__}"
+        f"{start} config={env['rollout config']}{waivers} plugin={__version__}"
     )
 
 
@@ -217,6 +262,9 @@ def pytest_collection_modifyitems(
                 f"{item.nodeid} is marked dod({step_id!r}), which is not a step of "
                 f"{state.phase.name} ({', '.join(order)})"
             )
+        waiver = state.record.waivers.get(step_id)
+        if waiver is not None and waiver.skips:
+            item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
         selected.append(item)
     if deselected:
         config.hook.pytest_deselected(items=deselected)
@@ -313,6 +361,12 @@ def pytest_runtest_makereport(
             preflight=item.get_closest_marker(PREFLIGHT_MARKER) is not None,
         )
     )
+    waiver = state.record.waivers.get(str(marker.args[0]))
+    if outcome == "failed" and waiver is not None and not waiver.expired:
+        # Reported as pytest's expected failure, so a waived failure does not fail the run
+        # (exit 0 on PASS); the record above keeps it as a failure for the checklist.
+        report.outcome = "skipped"
+        report.wasxfail = f"waived: {waiver.describe()}"
     _attach_evidence(report, item)
     return report
 
@@ -331,17 +385,26 @@ def _rehearse(state: RunState) -> None:
                 f'target {state.target.name} needs app_host = "local://" and an app_dir '
                 "holding the service to rehearse with"
             )
-        state.session.services = rehearse_stg_roll(
-            state.config, RehearsalPlan(), app_dir, state.session.engine, dict(os.environ),
-            state.stack,
-        )  # fmt: skip
+        if state.phase.read_only:
+            assert state.session.ephemeral is not None
+            state.session.services = rehearse_production(
+                state.config, state.phase, app_dir, state.session.ephemeral.url,
+                dict(os.environ), state.stack,
+            )  # fmt: skip
+        else:
+            state.session.services = rehearse_stg_roll(
+                state.config, RehearsalPlan(), app_dir, state.session.engine, dict(os.environ),
+                state.stack,
+            )  # fmt: skip
     except (RehearsalFailed, PrometheusUnavailable) as exc:
         state.record.aborted = state.scrubber.scrub(f"The rehearsal could not run: {exc}")
         pytest.exit(state.record.aborted, returncode=pytest.ExitCode.TESTS_FAILED)
     services = state.session.services
     state.record.environment["rehearsal"] = (
-        f"service {services.service_url}, Prometheus {services.prometheus_url}"
-    )
+        f"service {services.service_url or '(none)'}, Prometheus {services.prometheus_url}"
+        + (f" (history evaluated at {services.evaluate_at:%Y-%m-%d %H:%M} UTC)"
+           if services.evaluate_at else "")
+    )  # fmt: skip
 
 
 def _is_final(report: pytest.TestReport) -> bool:

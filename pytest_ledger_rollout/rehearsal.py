@@ -9,6 +9,7 @@ the report says REHEARSAL."""
 from __future__ import annotations
 
 import json
+import re
 import secrets
 import shlex
 import subprocess
@@ -18,14 +19,15 @@ import time
 import uuid
 from contextlib import ExitStack
 from dataclasses import dataclass, replace
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import requests
-from sqlalchemy import Engine, text
+from sqlalchemy import Engine, create_engine, text
 
 from .config import RolloutConfig
-from .metrics.server import start_prometheus
+from .metrics.server import Series, start_prometheus
+from .phases import Phase
 from .processes import die_with_parent, free_port, interpreter_path, stop_process
 from .session import ServiceEndpoints
 from .smoke import SIGNATURE_HEADER, sign
@@ -239,3 +241,123 @@ class Traffic:
                     return
                 sent += 1
                 self.stopping.wait(0.02)
+
+
+# A production phase's rehearsal dates its history back: promtool can only backfill blocks
+# well behind the head block Prometheus writes to, and the OPS-02 windows need hours.
+HISTORY_AGE = timedelta(days=2)
+HISTORY_STEP = timedelta(seconds=15)
+_TENANT = re.compile(r"^t-(\d{3})$")
+
+
+def rehearse_production(
+    config: RolloutConfig,
+    phase: Phase,
+    app_dir: str,
+    database_url: str,
+    environment: dict[str, str],
+    stack: ExitStack,
+) -> ServiceEndpoints:
+    """PRD-PILOT / PRD-GA on the throwaway database: seeded and backfilled, the flags set per
+    tenant as the operator of Phase 3 (and 4) would, and a Prometheus holding a matching
+    history. The suite then reads it all through production's read-only session."""
+    pilot, ga = config.pilot, config.ga
+    waves = ga.waves if phase.name == "prd-ga" else (pilot.tenants,)
+    tenants = sorted({*pilot.tenants, *pilot.control_tenants, *(t for w in ga.waves for t in w)})
+    if not tenants or not all(_TENANT.match(tenant) for tenant in tenants):
+        raise RehearsalFailed(
+            "the rehearsal seeds tenants t-001, t-002, …: name the pilot, control and wave "
+            f"tenants that way in the rollout config (seen: {', '.join(tenants) or 'none'})"
+        )
+    env = {**environment, "DATABASE_URL": database_url}
+    env["PATH"] = interpreter_path(environment.get("PATH"))
+    plan = RehearsalPlan()
+    count = max(int(tenant[2:]) for tenant in tenants)
+    _run(plan.seed_command.replace("--tenants 3", f"--tenants {count}"), app_dir, env, "seed")
+    _run(plan.backfill_command, app_dir, env, "backfill")
+    at = (datetime.now(UTC) - HISTORY_AGE).replace(second=0, microsecond=0)
+    # The latest wave flipped 70 minutes before the evaluation (the OPS-02 window is the last
+    # hour); earlier waves three hours apart before it.
+    flips = {
+        tenant: at - timedelta(minutes=70) - (len(waves) - 1 - index) * timedelta(hours=3)
+        for index, wave in enumerate(waves)
+        for tenant in wave
+    }
+    first = min(flips.values())
+    _set_production_state(database_url, config, flips, first)
+    series = _history(tenants, first - timedelta(hours=2), at + timedelta(minutes=1))
+    workdir = Path(tempfile.mkdtemp(prefix="ledger-rollout-rehearsal-"))
+    prometheus = start_prometheus(workdir / "prometheus", history=series)
+    stack.callback(prometheus.stop)
+    return ServiceEndpoints(prometheus_url=prometheus.url, evaluate_at=at)
+
+
+def _set_production_state(
+    database_url: str, config: RolloutConfig, flips: dict[str, datetime], first: datetime
+) -> None:
+    flags, ledger = config.flags, config.ledger
+    engine = create_engine(database_url)
+    quote = engine.dialect.identifier_preparer.quote
+    try:
+        with engine.begin() as connection:
+            connection.execute(
+                text(
+                    f"UPDATE {quote(ledger.entries)} SET {quote(ledger.entry_created_at)} = :at"
+                    f" WHERE {quote(ledger.entry_type)} = ANY(:types)"
+                ),
+                {"at": first - timedelta(hours=1), "types": list(ledger.backfill_entry_types)},
+            )
+            rows = [
+                {"key": key, "tenant": None, "enabled": on, "at": first - timedelta(hours=2)}
+                for key, on in (
+                    *((key, True) for key in flags.steps.get("2.1", ())),
+                    (flags.signature_flag, False),
+                    (flags.enforce_flag, False),
+                )
+            ] + [
+                {"key": key, "tenant": tenant, "enabled": True, "at": when}
+                for tenant, when in flips.items()
+                for key in (flags.signature_flag, flags.enforce_flag)
+            ]
+            connection.execute(
+                text(
+                    "INSERT INTO feature_flags (key, tenant_id, enabled, changed_at, changed_by)"
+                    " VALUES (:key, :tenant, :enabled, :at, 'ledger-rollout rehearsal')"
+                ),
+                rows,
+            )
+    finally:
+        engine.dispose()
+
+
+def _history(tenants: list[str], start: datetime, end: datetime) -> list[Series]:
+    """Steady traffic for every tenant: 12 withdrawals a minute (one 400 INSUFFICIENT_FUNDS in
+    24), 20 accepted webhooks, no signature failures, no mismatches; the service scraped up."""
+    steps = int((end - start) / HISTORY_STEP)
+    times = [start + i * HISTORY_STEP for i in range(steps + 1)]
+    where = {"job": "ledger", "instance": "rehearsal:8000"}
+    route = "/wallets/{wallet_id}/withdrawals"
+
+    def counter(family: str, labels: dict[str, str], per_step: float) -> Series:
+        samples = [(when, float(int(i * per_step))) for i, when in enumerate(times)]
+        return Series(family, "counter", {**where, **labels}, samples)
+
+    series = [Series("up", "gauge", where, [(when, 1.0) for when in times])]
+    for tenant in tenants:
+        series += [
+            counter(
+                "ledger_http_responses",
+                {"route": route, "status": "201", "code": "OK", "tenant": tenant},
+                3,
+            ),
+            counter(
+                "ledger_http_responses",
+                {"route": route, "status": "400", "code": "INSUFFICIENT_FUNDS", "tenant": tenant},
+                0.125,
+            ),
+            counter("ledger_webhook", {"tenant": tenant, "outcome": "accepted"}, 5),
+            counter("ledger_webhook", {"tenant": tenant, "outcome": "would_reject"}, 0),
+            counter("ledger_webhook", {"tenant": tenant, "outcome": "rejected_signature"}, 0),
+            counter("ledger_balance_mismatch", {"tenant": tenant}, 0),
+        ]
+    return series

@@ -9,6 +9,7 @@ from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
+from datetime import datetime
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
@@ -49,6 +50,8 @@ class ServiceEndpoints:
     webhook_secret: str | None = field(default=None, repr=False)
     # A rehearsal's own 401 watch windows (seconds, not the config's staging half-hours).
     watch: WebhookWatchThresholds | None = None
+    # A rehearsal's pinned evaluation time (its Prometheus holds a history, not live data).
+    evaluate_at: datetime | None = None
 
 
 @dataclass
@@ -131,14 +134,15 @@ def open_target_session(
         assert expect.host is not None and expect.database is not None
         expected_host, expected_db, server_addr = expect.host, expect.database, expect.server_addr
     scrubber.register_url(url)
-    engine = open_engine(url, target.kind, phase.name, config.session)
+    session_kind = phase.session_kind(target.kind)
+    engine = open_engine(url, session_kind, phase.name, config.session)
     stack.callback(engine.dispose)
     with engine.connect() as connection:
         identity = read_identity(connection)
     result = prove_identity(url, expected_host, expected_db, server_addr, identity)
     if not result.ok:
         raise TargetRefused(result)
-    if target.kind == PRODUCTION and not identity.read_only:
+    if session_kind == PRODUCTION and not identity.read_only:
         raise TargetRefused(
             _failed_safety(
                 "The production session is not read-only",

@@ -36,6 +36,7 @@ class RunState:
     paths: SignoffPaths
     stack: ExitStack = field(default_factory=ExitStack)
     ephemeral_start: Future[EphemeralServer] | None = None  # started while pytest collects
+    predecessor: Path | None = None  # an explicit predecessor sign-off (else the newest found)
     session: TargetSession | None = None
 
 

@@ -87,12 +87,18 @@ def backend_copy(tmp_path: Path) -> Path:
 def run_phase(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> RunPhase:
     """Run a phase suite in-process against a config, with DATABASE_URL set as given."""
 
-    def run(config: Path, *args: str, url: str | None = None, phase: str = "stg-mig") -> PhaseRun:
+    def run(
+        config: Path,
+        *args: str,
+        url: str | None = None,
+        phase: str = "stg-mig",
+        reports: Path | None = None,
+    ) -> PhaseRun:
         if url is None:
             monkeypatch.delenv("DATABASE_URL", raising=False)
         else:
             monkeypatch.setenv("DATABASE_URL", url)
-        reports = pytester.path / f"reports-{uuid.uuid4().hex[:6]}"
+        reports = reports or pytester.path / f"reports-{uuid.uuid4().hex[:6]}"
         result = pytester.runpytest_inprocess(
             f"--phase={phase}",
             f"--rollout-config={config}",
@@ -101,6 +107,6 @@ def run_phase(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run
             "no:cacheprovider",
             *args,
         )
-        return PhaseRun(result, reports)
+        return PhaseRun(result, reports, phase)
 
     return run

@@ -102,13 +102,14 @@ def write_config(
 class PhaseRun:
     result: pytest.RunResult
     reports: Path
+    phase: str
 
     @property
     def output(self) -> str:
         return "\n".join(self.result.outlines + self.result.errlines)
 
     def artifact(self, suffix: str) -> Path:
-        found = sorted(self.reports.glob(f"*{suffix}"))
+        found = sorted(self.reports.glob(f"{self.phase}-*{suffix}"))
         assert len(found) == 1, f"expected one {suffix} in {self.reports}: {found}"
         return found[0]
 

@@ -32,11 +32,13 @@ from pytest_ledger_rollout.session import ServiceEndpoints
 
 from .support import (
     REFERENCE_BACKEND,
+    RELEASE,
     PhaseRun,
     RunPhase,
     ScenarioDb,
     cloned_database,
     write_config,
+    write_signoff,
 )
 
 WINDOW_S = 5
@@ -113,7 +115,15 @@ def run_roll(
     monkeypatch.setenv(SECRET_ENV, rehearsed.endpoints.webhook_secret)
 
     def run(config: Path) -> PhaseRun:
-        return run_phase(config, "--target=staging", url=rehearsed.db.url, phase="stg-roll")
+        stg_mig = write_signoff(config.parent / "signed", "stg-mig")  # the predecessor, verified
+        return run_phase(
+            config,
+            "--target=staging",
+            f"--release={RELEASE}",
+            f"--predecessor={stg_mig}",
+            url=rehearsed.db.url,
+            phase="stg-roll",
+        )
 
     yield run
     rehearsed.db.execute(REPAIR)
@@ -124,8 +134,11 @@ def outcomes(run: PhaseRun) -> dict[str, str]:
 
 
 def test_embedded_default_rehearses_and_passes(tmp_path: Path, run_phase: RunPhase) -> None:
+    """The demo's second step: stg-mig then stg-roll, rehearsed, into one report folder."""
     config = write_config(tmp_path, database="unused")
-    run = run_phase(config, phase="stg-roll")
+    reports = tmp_path / "reports"
+    assert run_phase(config, reports=reports).result.ret == 0
+    run = run_phase(config, phase="stg-roll", reports=reports)
     assert run.result.ret == 0, run.output
     data = run.json()
     assert data["verdict"] == "PASS" and data["rehearsal"] is True
@@ -137,7 +150,7 @@ def test_embedded_default_rehearses_and_passes(tmp_path: Path, run_phase: RunPha
 def test_rehearsed_staging_passes(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll) -> None:
     run = run_roll(roll_config(tmp_path, rehearsed))
     assert run.result.ret == 0, run.output
-    assert outcomes(run) == dict.fromkeys(("2.1", "2.2", "2.3", "2.4"), "passed")
+    assert outcomes(run) == dict.fromkeys(("2.0", "2.1", "2.2", "2.3", "2.4"), "passed")
 
 
 def test_flag_off_fails_2_1(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll) -> None:
@@ -172,7 +185,13 @@ def test_flags_out_of_order_fail_2_4(
 def test_prometheus_down_fails_2_3(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll) -> None:
     dead = f"http://127.0.0.1:{free_port()}"
     run = run_roll(roll_config(tmp_path, rehearsed, prometheus_url=dead))
-    assert outcomes(run) == {"2.1": "passed", "2.2": "passed", "2.3": "failed", "2.4": "passed"}
+    assert outcomes(run) == {
+        "2.0": "passed",
+        "2.1": "passed",
+        "2.2": "passed",
+        "2.3": "failed",
+        "2.4": "passed",
+    }
     assert "unreachable" in str(run.step("2.3")["evidence"]).lower() or "refused" in run.output
 
 

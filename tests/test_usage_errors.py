@@ -42,12 +42,6 @@ def test_unknown_phase(config: Path, run_phase: RunPhase) -> None:
     assert "unknown --phase 'stg-migration': use one of stg-mig, stg-roll" in run.output
 
 
-def test_phase_without_checks_is_an_error_not_exit_5(config: Path, run_phase: RunPhase) -> None:
-    run = run_phase(config, "--target=staging", url="postgresql://u@h/db", phase="prd-ga")
-    assert run.result.ret == USAGE
-    assert "phase prd-ga has no checks" in run.output
-
-
 def test_selection_that_leaves_no_check_is_an_error(config: Path, run_phase: RunPhase) -> None:
     run = run_phase(config, "-k", "no_such_check")
     assert run.result.ret == USAGE

@@ -14,8 +14,15 @@ from pytest_ledger_rollout.ledger import (
     last_backfill_write,
 )
 from pytest_ledger_rollout.metrics.webhook_watch import webhook_401_watch_from
+from pytest_ledger_rollout.results import CheckResult
 from pytest_ledger_rollout.session import TargetSession
 from pytest_ledger_rollout.smoke import run_withdrawals_smoke
+
+
+@pytest.mark.dod("2.0")
+def test_stg_mig_signed_off(predecessor_signoff: CheckResult, evidence: StepRecorder) -> None:
+    """STG-MIG passed for this migration head and release (its sign-off verified)"""
+    evidence.check(predecessor_signoff)
 
 
 @pytest.mark.dod("2.1")

@@ -1,0 +1,112 @@
+"""PRD-GA (runbook Phase 4): widen tenant by tenant, every enabled tenant clean, the rollback
+procedure ready, enforcement in general use. Read-only on production."""
+
+import pytest
+from sqlalchemy.engine import Connection
+
+from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.fixtures import StepRecorder
+from pytest_ledger_rollout.flags import FlagState
+from pytest_ledger_rollout.metrics.decision import RollbackPlan
+from pytest_ledger_rollout.migrations import AlembicProject, check_release_downgrades
+from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
+from pytest_ledger_rollout.pilot import (
+    FlagTable,
+    TenantTables,
+    check_enforce_after_tenant_backfill,
+    check_enforce_with_signature,
+    check_enforced_backfill,
+    check_general_use,
+    check_rollback_plan,
+    check_waves,
+)
+from pytest_ledger_rollout.results import CheckResult
+from pytest_ledger_rollout.session import TargetSession
+
+FLAGS, TENANTS = FlagTable(), TenantTables()
+
+
+@pytest.mark.dod("4.0")
+def test_pilot_decided_go(predecessor_signoff: CheckResult, evidence: StepRecorder) -> None:
+    """PRD-PILOT decided GO for this migration head and release (its sign-off verified)"""
+    evidence.check(predecessor_signoff)
+
+
+@pytest.mark.dod("4.1")
+def test_enforced_tenants_are_the_declared_waves(
+    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """The tenants with enforcement on are exactly the waves declared so far"""
+    enforce = rollout_config.flags.enforce_flag
+    evidence.check(check_waves(db, FLAGS, TENANTS, enforce, rollout_config.ga.waves))
+
+
+@pytest.mark.dod("4.1")
+def test_every_enabled_tenant_is_clean(
+    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """Every enabled tenant: backfill clean, signature enforced too, enforced after its backfill"""
+    flags, ledger = rollout_config.flags, rollout_config.ledger
+    evidence.check(
+        check_enforced_backfill(db, ledger, FLAGS, TENANTS, flags.enforce_flag),
+        check_enforce_with_signature(db, FLAGS, TENANTS, flags.enforce_flag, flags.signature_flag),
+        check_enforce_after_tenant_backfill(db, ledger, FLAGS, TENANTS, flags.enforce_flag),
+    )
+
+
+@pytest.mark.dod("4.2")
+def test_rollback_plan_ready(
+    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """Every flag of the rollback plan exists as each enabled tenant's own row"""
+    ga = rollout_config.ga
+    flags = ga.rollback_flags or RollbackPlan().default
+    plan = {tenant: flags for wave in ga.waves for tenant in wave}
+    evidence.check(check_rollback_plan(db, FLAGS, TENANTS, plan))
+
+
+@pytest.mark.dod("4.2")
+def test_release_downgrades_rehearsed(
+    scratch_connection: Connection,
+    alembic_project: AlembicProject,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
+) -> None:
+    """Every revision of this release downgrades (rehearsed on a throwaway database)"""
+    chain, baseline = rollout_config.migrations.expected_chain, rollout_config.migrations.baseline
+    release = chain[chain.index(baseline) + 1 :]
+    evidence.check(check_release_downgrades(alembic_project, scratch_connection, release))
+
+
+@pytest.mark.dod("4.3")
+def test_enforcement_in_general_use(
+    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """Enforcement on for all tenants (or the configured share)"""
+    ga = rollout_config.ga
+    enforce = rollout_config.flags.enforce_flag
+    evidence.check(check_general_use(db, FLAGS, TENANTS, enforce, ga.min_share))
+
+
+@pytest.mark.dod("4.3")
+def test_signals_clean_for_the_latest_wave(
+    flag_states: list[FlagState],
+    rollout_target: TargetSession,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
+) -> None:
+    """OPS-02 signals clean: the latest wave against the tenants enabled before it"""
+    waves, flags = rollout_config.ga.waves, rollout_config.flags
+    latest = waves[-1] if waves else ()
+    earlier = tuple(tenant for wave in waves[:-1] for tenant in wave)
+    services = rollout_target.services
+    evidence.check(
+        check_decision(
+            services.prometheus_url,
+            latest,
+            earlier,
+            tenant_flips(flag_states, (flags.signature_flag, flags.enforce_flag), latest),
+            rollout_config.metrics.decision,
+            at=services.evaluate_at,
+        )
+    )

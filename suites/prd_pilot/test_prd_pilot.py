@@ -1,0 +1,82 @@
+"""PRD-PILOT (runbook Phase 3): signature and balance enforcement for 1-3 low-risk tenants, and
+the OPS-02 decision to widen. Read-only on production; ends with GO, HOLD or ROLLBACK."""
+
+import pytest
+from sqlalchemy.engine import Connection
+
+from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.fixtures import StepRecorder
+from pytest_ledger_rollout.flags import FlagState
+from pytest_ledger_rollout.ledger import check_no_mismatch
+from pytest_ledger_rollout.metrics.decision import RollbackPlan
+from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
+from pytest_ledger_rollout.pilot import (
+    FlagTable,
+    TenantTables,
+    check_pilot_flags,
+    check_pilot_tenants,
+)
+from pytest_ledger_rollout.results import CheckResult
+from pytest_ledger_rollout.session import TargetSession
+
+
+@pytest.mark.dod("3.0")
+def test_stg_roll_signed_off(predecessor_signoff: CheckResult, evidence: StepRecorder) -> None:
+    """STG-ROLL passed for this migration head and release (its sign-off verified)"""
+    evidence.check(predecessor_signoff)
+
+
+@pytest.mark.dod("3.1")
+def test_pilot_tenants_are_few_and_low_risk(
+    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """1 to 3 pilot tenants, each existing and low-risk by the configured criteria"""
+    pilot = rollout_config.pilot
+    evidence.check(
+        check_pilot_tenants(db, rollout_config.ledger, TenantTables(), pilot.risk, pilot.tenants)
+    )
+
+
+@pytest.mark.dod("3.2")
+def test_pilot_backfill_clean(
+    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """Tenant-scoped backfill clean for every pilot tenant"""
+    evidence.check(check_no_mismatch(db, rollout_config.ledger, rollout_config.pilot.tenants))
+
+
+@pytest.mark.dod("3.2")
+def test_enforcement_on_for_pilots_only(
+    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+) -> None:
+    """Signature and enforce flags on for the pilot tenants, off for every other tenant"""
+    flags = rollout_config.flags
+    keys = (flags.signature_flag, flags.enforce_flag)
+    evidence.check(
+        check_pilot_flags(db, FlagTable(), TenantTables(), keys, rollout_config.pilot.tenants)
+    )
+
+
+@pytest.mark.dod("3.3")
+def test_ops02_decision(
+    flag_states: list[FlagState],
+    rollout_target: TargetSession,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
+) -> None:
+    """OPS-02: pilot vs control and vs its own pre-flip window (400s, webhook 401s, mismatches)"""
+    pilot, flags = rollout_config.pilot, rollout_config.flags
+    services = rollout_target.services
+    rollback = rollout_config.ga.rollback_flags
+    evidence.check(
+        check_decision(
+            services.prometheus_url,
+            pilot.tenants,
+            pilot.control_tenants,
+            tenant_flips(flag_states, (flags.signature_flag, flags.enforce_flag), pilot.tenants),
+            rollout_config.metrics.decision,
+            at=services.evaluate_at,
+            dry_run=pilot.dry_run,
+            rollback=RollbackPlan(default=rollback) if rollback else None,
+        )
+    )
