@@ -133,20 +133,6 @@ def outcomes(run: PhaseRun) -> dict[str, str]:
     return {step["id"]: step["outcome"] for step in run.json()["steps"]}
 
 
-def test_embedded_default_rehearses_and_passes(tmp_path: Path, run_phase: RunPhase) -> None:
-    """The demo's second step: stg-mig then stg-roll, rehearsed, into one report folder."""
-    config = write_config(tmp_path, database="unused")
-    reports = tmp_path / "reports"
-    assert run_phase(config, reports=reports).result.ret == 0
-    run = run_phase(config, phase="stg-roll", reports=reports)
-    assert run.result.ret == 0, run.output
-    data = run.json()
-    assert data["verdict"] == "PASS" and data["rehearsal"] is True
-    assert "webhook 401 share 0.00% after the flip" in run.step("2.3")["evidence"]
-    assert "over-withdrawal 400 INSUFFICIENT_FUNDS" in run.step("2.4")["evidence"]
-    assert "REHEARSAL" in run.artifact(".html").read_text()
-
-
 def test_rehearsed_staging_passes(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll) -> None:
     run = run_roll(roll_config(tmp_path, rehearsed))
     assert run.result.ret == 0, run.output
