@@ -12,6 +12,8 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from pytest_ledger_rollout.metrics.prometheus import PrometheusClient
+from pytest_ledger_rollout.metrics.server import PrometheusServer
 from pytest_ledger_rollout.migrations import AlembicProject
 from pytest_ledger_rollout.postgres import (
     EphemeralServer,
@@ -110,3 +112,10 @@ def run_phase(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run
         return PhaseRun(result, reports, phase)
 
     return run
+
+
+@pytest.fixture
+def client(prometheus: PrometheusServer) -> Iterator[PrometheusClient]:
+    """A client of the module's own ``prometheus`` fixture."""
+    with PrometheusClient(prometheus.url, timeout=5) as client:
+        yield client

@@ -18,6 +18,7 @@ from sqlalchemy.engine import make_url
 
 from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.evidence import write_checksums
+from pytest_ledger_rollout.metrics.server import PrometheusUnavailable, find_binaries
 from pytest_ledger_rollout.migrations import AlembicProject
 
 REPO = Path(__file__).resolve().parent.parent
@@ -124,6 +125,13 @@ class PhaseRun:
 
 
 RunPhase = Callable[..., PhaseRun]
+
+
+def require_prometheus() -> None:
+    try:
+        find_binaries()
+    except PrometheusUnavailable as exc:
+        missing_component("a Prometheus server (prometheus, promtool)", str(exc))
 
 
 def missing_component(what: str, install: str) -> None:

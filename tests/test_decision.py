@@ -29,14 +29,12 @@ from pytest_ledger_rollout.metrics import (
 )
 from pytest_ledger_rollout.metrics.server import (
     PrometheusServer,
-    PrometheusUnavailable,
     Series,
-    find_binaries,
     start_prometheus,
 )
 
 from .loopback_http import LoopbackHTTP, Reply
-from .support import missing_component
+from .support import require_prometheus
 
 BASE = (datetime.now(UTC) - timedelta(days=3)).replace(hour=0, minute=0, second=0, microsecond=0)
 SLOT = timedelta(hours=4)
@@ -149,24 +147,11 @@ def counters(h: Tenant, since_flip: int, pilot: bool) -> list[tuple[str, dict[st
     ]
 
 
-def require_prometheus() -> None:
-    try:
-        find_binaries()
-    except PrometheusUnavailable as exc:
-        missing_component("a Prometheus server (prometheus, promtool)", str(exc))
-
-
 @pytest.fixture(scope="module")
 def prometheus(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PrometheusServer]:
     require_prometheus()
     with start_prometheus(tmp_path_factory.mktemp("prometheus"), history=history()) as server:
         yield server
-
-
-@pytest.fixture
-def client(prometheus: PrometheusServer) -> Iterator[PrometheusClient]:
-    with PrometheusClient(prometheus.url, timeout=5) as client:
-        yield client
 
 
 def run(

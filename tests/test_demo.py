@@ -5,10 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .support import RunPhase, write_config
+from .support import RunPhase, require_prometheus, write_config
 
 
 def test_four_phases_in_order_rehearse_and_pass(tmp_path: Path, run_phase: RunPhase) -> None:
+    require_prometheus()
     config = write_config(tmp_path, database="unused", extra=PILOT_AND_GA)
     reports = tmp_path / "reports"
     runs = {

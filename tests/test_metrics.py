@@ -29,15 +29,13 @@ from pytest_ledger_rollout.metrics import (
 from pytest_ledger_rollout.metrics.server import (
     INSTALL_HINT,
     PrometheusServer,
-    PrometheusUnavailable,
     Series,
-    find_binaries,
     start_prometheus,
 )
 from pytest_ledger_rollout.results import CheckResult
 
 from .loopback_http import LoopbackHTTP, Reply
-from .support import missing_component
+from .support import require_prometheus
 
 BASE = (datetime.now(UTC) - timedelta(days=2)).replace(hour=0, minute=0, second=0, microsecond=0)
 SLOT = timedelta(hours=4)
@@ -115,13 +113,6 @@ class LiveService:
         )
 
 
-def require_prometheus() -> None:
-    try:
-        find_binaries()
-    except PrometheusUnavailable as exc:
-        missing_component("a Prometheus server (prometheus, promtool)", str(exc))
-
-
 @pytest.fixture(scope="module")
 def live() -> Iterator[LiveService]:
     service = LiveService()
@@ -137,12 +128,6 @@ def prometheus(
     workdir = tmp_path_factory.mktemp("prometheus")
     with start_prometheus(workdir, history=history(), scrape=[live.http.address]) as server:
         yield server
-
-
-@pytest.fixture
-def client(prometheus: PrometheusServer) -> Iterator[PrometheusClient]:
-    with PrometheusClient(prometheus.url, timeout=5) as client:
-        yield client
 
 
 @pytest.fixture(scope="module")

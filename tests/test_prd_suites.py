@@ -19,7 +19,14 @@ from pytest_ledger_rollout.postgres import EphemeralServer
 from pytest_ledger_rollout.rehearsal import rehearse_production
 from pytest_ledger_rollout.session import ServiceEndpoints
 
-from .support import REFERENCE_BACKEND, PhaseRun, RunPhase, ScenarioDb, cloned_database
+from .support import (
+    REFERENCE_BACKEND,
+    PhaseRun,
+    RunPhase,
+    ScenarioDb,
+    cloned_database,
+    require_prometheus,
+)
 from .support import write_config as base_config
 
 PILOT = '[pilot]\ntenants = ["t-001"]\ncontrol_tenants = ["t-002", "t-003"]\n'
@@ -40,6 +47,7 @@ def production(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Production]:
     """A database in the pilot state (t-001 enforced), with its Prometheus history."""
+    require_prometheus()
     with (
         cloned_database(admin_engine, baseline_template, pg_server.url, "prod") as db,
         ExitStack() as stack,

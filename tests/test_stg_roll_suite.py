@@ -37,6 +37,7 @@ from .support import (
     RunPhase,
     ScenarioDb,
     cloned_database,
+    require_prometheus,
     write_config,
     write_signoff,
 )
@@ -59,6 +60,7 @@ def rehearsed(
     tmp_path_factory: pytest.TempPathFactory,
 ) -> Iterator[Rehearsed]:
     """A staging-like database on which the rehearsal played Phase 2, service still running."""
+    require_prometheus()
     with (
         cloned_database(admin_engine, baseline_template, pg_server.url, "roll") as db,
         ExitStack() as stack,
