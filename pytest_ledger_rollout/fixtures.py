@@ -175,3 +175,9 @@ def scratch_connection(
             _run_state(request).scrubber.register(server.password)
             server_url = server.url
         yield stack.enter_context(scratch_database(server_url))
+
+
+@pytest.fixture
+def pilot_candidates(request: pytest.FixtureRequest) -> int:
+    """How many ranked pilot candidates the run lists (--pilot-candidates; 0: none)."""
+    return _run_state(request).pilot_candidates

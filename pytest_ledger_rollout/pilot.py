@@ -716,3 +716,21 @@ def check_general_use(
             evidence,
         )
     return passed(f"{enforce} on for {enabled} of {tenants} tenants ({wanted})", evidence)
+
+
+def candidates_report(
+    connection: Connection,
+    ledger: LedgerTables,
+    tables: TenantTables,
+    criteria: RiskCriteria,
+    limit: int,
+) -> CheckResult:
+    """The lowest-risk tenants, ranked with their figures, to help choose the pilots (3.1)."""
+    sql, ranked = rank_candidates(connection, ledger, tables, criteria, limit)
+    listing = "\n".join(f"{rank}. {risk.line()}" for rank, risk in enumerate(ranked, 1))
+    return passed(
+        f"{len(ranked)} lowest-risk candidate(s): "
+        + ", ".join(risk.tenant for risk in ranked if risk.low_risk),
+        Evidence("pilot candidates (one statement)", sql),
+        Evidence(f"lowest-risk tenants ({criteria.describe()})", listing or "(no tenants)"),
+    )

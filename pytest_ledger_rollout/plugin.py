@@ -69,6 +69,12 @@ _OPTIONS = (
         None,
         "the predecessor phase's sign-off JSON (default: the newest in the sign-off folder)",
     ),
+    (
+        "pilot-candidates",
+        "rollout_pilot_candidates",
+        None,
+        "prd-pilot: also list this many lowest-risk tenants, ranked with their figures",
+    ),
 )
 
 
@@ -177,6 +183,13 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
     state = RunState(rollout, phase, target, record, scrubber, paths)
     if predecessor:
         state.predecessor = (predecessor_base / predecessor).resolve()
+    candidates, _ = _option(config, "rollout_pilot_candidates")
+    if candidates is not None:
+        if not candidates.isdigit() or int(candidates) < 1:
+            raise pytest.UsageError(
+                f"--pilot-candidates must be a positive number, not {candidates!r}"
+            )
+        state.pilot_candidates = int(candidates)
     return state
 
 
@@ -400,6 +413,7 @@ def _rehearse(state: RunState) -> None:
         state.record.aborted = state.scrubber.scrub(f"The rehearsal could not run: {exc}")
         pytest.exit(state.record.aborted, returncode=pytest.ExitCode.TESTS_FAILED)
     services = state.session.services
+    state.scrubber.register(services.webhook_secret)
     state.record.environment["rehearsal"] = (
         f"service {services.service_url or '(none)'}, Prometheus {services.prometheus_url}"
         + (f" (history evaluated at {services.evaluate_at:%Y-%m-%d %H:%M} UTC)"

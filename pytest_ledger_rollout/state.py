@@ -37,6 +37,7 @@ class RunState:
     stack: ExitStack = field(default_factory=ExitStack)
     ephemeral_start: Future[EphemeralServer] | None = None  # started while pytest collects
     predecessor: Path | None = None  # an explicit predecessor sign-off (else the newest found)
+    pilot_candidates: int = 0  # prd-pilot: how many ranked candidates to list (0: none)
     session: TargetSession | None = None
 
 

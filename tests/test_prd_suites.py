@@ -103,6 +103,19 @@ def test_pilot_on_production_reads_only_and_needs_its_predecessor(
     assert "-> HOLD" in run.output
 
 
+def test_candidates_are_ranked_with_their_figures(
+    production: Production, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    config = prod_config(tmp_path, production)
+    run = run_phase(
+        config, "--target=staging", "--pilot-candidates=2", url=production.db.url, phase="prd-pilot"
+    )
+    evidence = run.step("3.1")["checks"][0]["evidence"]
+    listing = next(e["body"] for e in evidence if e["label"].startswith("lowest-risk tenants"))
+    assert listing.splitlines()[0].startswith("1. t-00") and "40 wallets" in listing
+    assert len(listing.splitlines()) == 2
+
+
 def test_pilot_of_four_tenants_fails_3_1(
     production: Production, tmp_path: Path, run_phase: RunPhase
 ) -> None:

@@ -13,6 +13,7 @@ from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
 from pytest_ledger_rollout.pilot import (
     FlagTable,
     TenantTables,
+    candidates_report,
     check_pilot_flags,
     check_pilot_tenants,
 )
@@ -28,12 +29,17 @@ def test_stg_roll_signed_off(predecessor_signoff: CheckResult, evidence: StepRec
 
 @pytest.mark.dod("3.1")
 def test_pilot_tenants_are_few_and_low_risk(
-    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection, rollout_config: RolloutConfig, pilot_candidates: int, evidence: StepRecorder
 ) -> None:
     """1 to 3 pilot tenants, each existing and low-risk by the configured criteria"""
-    pilot = rollout_config.pilot
+    pilot, ledger = rollout_config.pilot, rollout_config.ledger
+    ranked = (
+        [candidates_report(db, ledger, TenantTables(), pilot.risk, pilot_candidates)]
+        if pilot_candidates
+        else []
+    )
     evidence.check(
-        check_pilot_tenants(db, rollout_config.ledger, TenantTables(), pilot.risk, pilot.tenants)
+        check_pilot_tenants(db, ledger, TenantTables(), pilot.risk, pilot.tenants), *ranked
     )
 
 
