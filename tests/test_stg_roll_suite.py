@@ -76,7 +76,12 @@ def rehearsed(
 
 
 def roll_config(
-    folder: Path, rehearsed: Rehearsed, *, prometheus_url: str | None = None, watch: str = ""
+    folder: Path,
+    rehearsed: Rehearsed,
+    *,
+    prometheus_url: str | None = None,
+    watch: str = "",
+    extra: str = "",
 ) -> Path:
     endpoints = rehearsed.endpoints
     return write_config(
@@ -91,6 +96,7 @@ def roll_config(
             "[metrics.webhook_401]\n"
             f"before_window_s = {WINDOW_S}\nafter_window_s = {WINDOW_S}\nmin_requests = 20\n"
             + watch
+            + extra
         ),
     )
 
@@ -190,6 +196,24 @@ def test_query_returning_nothing_fails_2_3(
     run = run_roll(roll_config(tmp_path, rehearsed, watch=nothing))
     assert outcomes(run)["2.3"] == "failed"
     assert "no series" in run.output
+
+
+@pytest.mark.parametrize(
+    ("exit_code", "outcome"), [(0, "passed"), (3, "failed")], ids=["spec-passes", "spec-fails"]
+)
+def test_team_e2e_spec_decides_with_its_exit_code(
+    rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll, exit_code: int, outcome: str
+) -> None:
+    """The runbook's yarn spec stands here as a command with a known exit code and output."""
+    spec = tmp_path / "spec.py"
+    spec.write_text(f"import sys\nprint('withdrawals smoke: 4 steps')\nsys.exit({exit_code})\n")
+    smoke = f'[smoke]\nexternal_command = "python {spec}"\nexternal_dir = "{tmp_path}"\n'
+    run = run_roll(roll_config(tmp_path, rehearsed, extra=smoke))
+    assert outcomes(run)["2.4"] == outcome
+    check = next(c for c in run.step("2.4")["checks"] if c["name"].startswith("The team's own"))
+    assert check["outcome"] == outcome
+    assert f"(rc={exit_code})" in check["evidence"][0]["body"]
+    assert "withdrawals smoke: 4 steps" in check["evidence"][0]["body"]
 
 
 def test_skipped_ledger_write_fails_2_2(
