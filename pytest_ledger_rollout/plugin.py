@@ -165,7 +165,7 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
             "phase": phase.name,
             "target": f"{target.name} ({target.kind})",
             "database": mask_url(target.url) if target.url else "ephemeral (started for this run)",
-            "rollout config": f"{config_path.name} sha256:{rollout.sha256[:12]}",
+            "config": f"{config_path.name} sha256:{rollout.sha256[:12]}",
             "alembic head (expected)": rollout.migrations.expected_chain[-1],
             "plugin version": __version__,
             "operator": _operator(),
@@ -234,9 +234,12 @@ def _set_metadata(config: pytest.Config, state: RunState) -> None:
         from pytest_metadata.plugin import metadata_key
     except ImportError:  # pytest-metadata absent: the static summary carries the environment
         return
-    config.stash[metadata_key].update(
-        {f"Rollout {k}": v for k, v in state.record.environment.items()}
-    )
+    # Taken by pytest-html when the session starts: an ephemeral database is not known yet
+    # (the static sign-off environment in the summary has it).
+    known = {
+        k: v for k, v in state.record.environment.items() if state.target.url or k != "database"
+    }
+    config.stash[metadata_key].update({f"ledger-rollout {k}": v for k, v in known.items()})
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -251,7 +254,7 @@ def pytest_report_header(config: pytest.Config) -> str | None:
     waivers = f" waivers={env['waivers']}" if "waivers" in env else ""
     return state.scrubber.scrub(
         f"ledger-rollout: phase={state.phase.name} target={env['target']} db={env['database']}"
-        f"{start} config={env['rollout config']}{waivers} plugin={__version__}"
+        f"{start} config={env['config']}{waivers} plugin={__version__}"
     )
 
 
