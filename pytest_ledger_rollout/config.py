@@ -211,6 +211,24 @@ class _Table:
             raise self.error(name, "must be a positive integer")
         return value
 
+    def count(self, name: str, default: int) -> int:
+        value = self.data.get(name, default)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise self.error(name, "must be an integer >= 0")
+        return value
+
+    def number(self, name: str) -> float | None:
+        value = self.data.get(name)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+            raise self.error(name, "must be a number")
+        return value
+
+    def boolean(self, name: str, default: bool) -> bool:
+        value = self.data.get(name, default)
+        if not isinstance(value, bool):
+            raise self.error(name, "must be true or false")
+        return value
+
 
 def load_config(path: Path) -> RolloutConfig:
     try:
@@ -469,6 +487,15 @@ _WATCH_WINDOWS = {"before_window_s": "before_window", "after_window_s": "after_w
 _WATCH_QUERIES = ("unauthorized_query", "requests_query")
 
 
+def _numbers(table: _Table, kinds: dict[str, type]) -> dict[str, Any]:
+    """The numbers among ``kinds`` the table sets, converted to their kind."""
+    return {
+        name: kind(value)
+        for name, kind in kinds.items()
+        if (value := table.number(name)) is not None
+    }
+
+
 def _metrics(root: _Table) -> MetricsConfig:
     table = root.table("metrics", required=False)
     if table is None:
@@ -479,24 +506,16 @@ def _metrics(root: _Table) -> MetricsConfig:
     if watch is None:
         return MetricsConfig(decision=decision)
     watch.only(*_WATCH_NUMBERS, *_WATCH_WINDOWS, *_WATCH_QUERIES, "unauthorized_empty_means_zero")
-    changes: dict[str, Any] = {}
-    for name, kind in _WATCH_NUMBERS.items():
-        if name in watch.data:
-            value = watch.data[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise watch.error(name, "must be a number")
-            changes[name] = kind(value)
+    changes: dict[str, Any] = _numbers(watch, _WATCH_NUMBERS)
     for name, attribute in _WATCH_WINDOWS.items():
         if name in watch.data:
             changes[attribute] = timedelta(seconds=watch.positive_int(name, 1))
     for name in _WATCH_QUERIES:
         if name in watch.data:
             changes[name] = watch.text(name)
-    if "unauthorized_empty_means_zero" in watch.data:
-        flag = watch.data["unauthorized_empty_means_zero"]
-        if not isinstance(flag, bool):
-            raise watch.error("unauthorized_empty_means_zero", "must be true or false")
-        changes["unauthorized_empty_means_zero"] = flag
+    changes["unauthorized_empty_means_zero"] = watch.boolean(
+        "unauthorized_empty_means_zero", DEFAULT_THRESHOLDS.unauthorized_empty_means_zero
+    )
     try:
         return MetricsConfig(webhook_401=replace(DEFAULT_THRESHOLDS, **changes), decision=decision)
     except ValueError as exc:
@@ -531,23 +550,16 @@ def _pilot(root: _Table) -> PilotConfig:
         changes: dict[str, Any] = {
             name: risk.positive_int(name, getattr(criteria, name)) for name in counts
         }
-        if "max_open_findings" in risk.data:
-            findings = risk.data["max_open_findings"]
-            if isinstance(findings, bool) or not isinstance(findings, int) or findings < 0:
-                raise risk.error("max_open_findings", "must be an integer >= 0")
-            changes["max_open_findings"] = findings
+        changes["max_open_findings"] = risk.count("max_open_findings", criteria.max_open_findings)
         if "max_withdrawal_volume" in risk.data:
             changes["max_withdrawal_volume"] = _amount(risk, "max_withdrawal_volume")
         changes["volume_statuses"] = risk.texts("volume_statuses") or criteria.volume_statuses
         criteria = replace(criteria, **changes)
-    dry_run = table.data.get("dry_run", False)
-    if not isinstance(dry_run, bool):
-        raise table.error("dry_run", "must be true or false")
     return PilotConfig(
         tenants=table.texts("tenants"),
         control_tenants=table.texts("control_tenants"),
         risk=criteria,
-        dry_run=dry_run,
+        dry_run=table.boolean("dry_run", False),
     )
 
 
@@ -562,8 +574,9 @@ def _ga(root: _Table) -> GaConfig:
         for wave in waves
     ):
         raise table.error("waves", 'must be a list of tenant lists, e.g. [["t-001"], ["t-002"]]')
-    share = table.data.get("min_share", 1.0)
-    if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 < share <= 1:
+    share = table.number("min_share")
+    share = GaConfig.min_share if share is None else share
+    if not 0 < share <= 1:
         raise table.error("min_share", "must be a number in (0, 1]")
     return GaConfig(
         waves=tuple(tuple(wave) for wave in waves),
@@ -591,15 +604,9 @@ def _decision(table: _Table | None) -> DecisionPolicy:
         return DEFAULT_POLICY
     actions = tuple(f"{signal}_action" for signal in _SIGNALS)
     table.only("window_s", "baseline_window_s", *_WATCH_NUMBERS, *actions, "mismatch_max_count")
-    tests: dict[str, Any] = {}
-    for name, kind in _WATCH_NUMBERS.items():
-        if name in table.data and name != "max_after_share":
-            value = table.data[name]
-            if isinstance(value, bool) or not isinstance(value, (int, float)):
-                raise table.error(name, "must be a number")
-            tests[name] = kind(value)
     if "max_after_share" in table.data:
         raise table.error("max_after_share", "applies to [metrics.webhook_401] only")
+    tests = _numbers(table, _WATCH_NUMBERS)
     signals: dict[str, Any] = {}
     for signal, action in zip(_SIGNALS, actions, strict=True):
         verdict = table.text(action)
@@ -613,11 +620,7 @@ def _decision(table: _Table | None) -> DecisionPolicy:
         if name in table.data
     }
     mismatch = DEFAULT_POLICY.balance_mismatch
-    if "mismatch_max_count" in table.data:
-        count = table.data["mismatch_max_count"]
-        if isinstance(count, bool) or not isinstance(count, int) or count < 0:
-            raise table.error("mismatch_max_count", "must be an integer >= 0")
-        mismatch = replace(mismatch, max_count=count)
+    mismatch = replace(mismatch, max_count=table.count("mismatch_max_count", mismatch.max_count))
     try:
         return replace(DEFAULT_POLICY, **signals, **windows, balance_mismatch=mismatch)
     except ValueError as exc:
