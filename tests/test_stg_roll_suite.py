@@ -4,7 +4,6 @@ the step that owns it."""
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 import sys
@@ -21,7 +20,7 @@ from sqlalchemy import Engine, text
 
 from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.postgres import EphemeralServer
-from pytest_ledger_rollout.processes import free_port, stop_process
+from pytest_ledger_rollout.processes import free_port
 from pytest_ledger_rollout.rehearsal import (
     RehearsalPlan,
     Traffic,
@@ -41,6 +40,10 @@ from .support import (
     write_config,
     write_signoff,
 )
+
+sys.path.insert(0, str(REFERENCE_BACKEND))  # the service is run from its folder, not installed
+from backend.process import start_service
+from backend.settings import Fault
 
 WINDOW_S = 5
 SECRET_ENV = "ROLL_TEST_WEBHOOK_SECRET"
@@ -283,34 +286,9 @@ def test_backfill_not_run_fails_2_2(
 @pytest.fixture
 def skipping_service(rehearsed: Rehearsed, tmp_path: Path) -> Iterator[str]:
     """A second service instance on the same database, started with shadow writes skipped."""
-    port = free_port()
-    env = {
-        **os.environ,
-        "DATABASE_URL": rehearsed.db.url,
-        "WEBHOOK_SECRET": "unused",
-        "LEDGER_FAULT_SKIP_LEDGER_WRITE": "1",
-    }
-    with (tmp_path / "faulty.log").open("wb") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "backend.serve", "--exit-with-parent", "--port", str(port)],
-            cwd=REFERENCE_BACKEND,
-            env=env,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-        )
-    try:
-        url = f"http://127.0.0.1:{port}"
-        deadline = time.monotonic() + 30
-        while not _healthy_with_faults(url):
-            assert time.monotonic() < deadline, "the faulty service did not start"
-            time.sleep(0.1)
-        yield url
-    finally:
-        stop_process(process)
-
-
-def _healthy_with_faults(url: str) -> bool:
-    try:
-        return bool(json.loads(requests.get(f"{url}/healthz", timeout=1).text)["faults"])
-    except (requests.RequestException, ValueError, KeyError):
-        return False
+    faults = [Fault.SKIP_LEDGER_WRITE]
+    log = tmp_path / "faulty.log"
+    with start_service(
+        rehearsed.db.url, webhook_secret="unused", faults=faults, log_path=log
+    ) as service:
+        yield service.base_url
