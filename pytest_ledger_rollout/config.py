@@ -61,6 +61,9 @@ class Expectation:
     database: str | None = None
     # Addresses inet_server_addr() may report when the server sits behind a proxy or pooler.
     server_addr: tuple[str, ...] = ()
+    # The cluster's pg_control_system().system_identifier: proves a server reached over a unix
+    # socket (where inet_server_addr() is NULL), and any other connection when given.
+    system_identifier: str | None = None
 
 
 @dataclass(frozen=True)
@@ -396,11 +399,19 @@ def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
 def _expectation(target: _Table) -> Expectation:
     table = target.table("expect")
     assert table is not None
-    table.only("host", "database", "server_addr")
+    table.only("host", "database", "server_addr", "system_identifier")
+    identifier = table.text("system_identifier")
+    if identifier is not None and not identifier.isdigit():
+        raise table.error(
+            "system_identifier",
+            f"{identifier!r} must be the decimal number "
+            "`SELECT system_identifier FROM pg_control_system()` shows",
+        )
     return Expectation(
         host=table.text("host", required=True),
         database=table.text("database", required=True),
         server_addr=table.texts("server_addr"),
+        system_identifier=identifier,
     )
 
 

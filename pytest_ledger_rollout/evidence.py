@@ -9,14 +9,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from . import __version__
 from .masking import Scrubber
-from .phases import Phase, Step
+from .phases import Phase, Role, Step
 from .results import Evidence
 from .waivers import Waiver, waived_outcome
 
-PASS, FAIL, INCOMPLETE = "PASS", "FAIL", "INCOMPLETE"
+PASS, FAIL, INCOMPLETE, INTERRUPTED = "PASS", "FAIL", "INCOMPLETE", "INTERRUPTED"
 DECISION_FACT = "OPS-02 decision"  # the environment fact a deciding phase's 3.3 records
 PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
+NOT_ATTEMPTED = "not attempted"  # how a check the step model held back says why
+SCHEMA_VERSION = 2  # of the sign-off JSON; bumped whenever a field changes meaning
 
 
 @dataclass
@@ -29,7 +32,8 @@ class CheckRecord:
     summary: str
     evidence: list[Evidence] = field(default_factory=list)
     message: str = ""
-    preflight: bool = False  # a pre-flight of a destructive step (marker "preflight")
+    role: Role = Role.PROBE
+    check: str | None = None  # the packaged check it is (its function name); None: a team's own
 
 
 @dataclass(frozen=True)
@@ -50,7 +54,11 @@ class RunRecord:
     environment: dict[str, str] = field(default_factory=dict)
     checks: list[CheckRecord] = field(default_factory=list)
     aborted: str | None = None  # why the run stopped before its checks
+    interrupted: str | None = None  # why the run ended before its last check (Ctrl-C, a crash)
     waivers: Mapping[str, Waiver] = field(default_factory=dict)
+    head: str = ""  # the migration head the run expects
+    release: str | None = None
+    identity: dict[str, Any] | None = None  # what the server said it is, once proven
 
     @property
     def rehearsal(self) -> bool:
@@ -66,34 +74,77 @@ class RunRecord:
         self.checks.append(record)
 
     def step_outcomes(self) -> list[StepOutcome]:
-        outcomes = []
-        for step in self.phase.steps:
-            checks = tuple(c for c in self.checks if c.step_id == step.id)
-            bad = [c for c in checks if c.outcome in ("failed", "error")]
-            good = [c for c in checks if c.outcome == "passed"]
-            if bad:
-                outcome, line = FAILED, bad[0].summary
-            elif good:
-                outcome, line = PASSED, "; ".join(c.summary for c in good)
-            else:
-                skipped = [c.summary for c in checks if c.summary]
-                outcome, line = NOT_RUN, skipped[0] if skipped else "no check ran"
-            waiver = self.waivers.get(step.id)
-            outcome = waived_outcome(waiver, {c.outcome for c in checks}) or outcome
-            outcomes.append(StepOutcome(step, outcome, line, checks, waiver))
-        return outcomes
+        return [self._step_outcome(step) for step in self.phase.steps]
 
-    def failed_preflights(self) -> list[CheckRecord]:
-        return [c for c in self.checks if c.preflight and c.outcome in ("failed", "error")]
+    def _step_outcome(self, step: Step) -> StepOutcome:
+        """Passed only when every check the step requires ran and passed and none failed; a
+        team's own check can fail a step but never stand in for a packaged one."""
+        checks = tuple(c for c in self.checks if c.step_id == step.id)
+        bad = [c for c in checks if c.outcome in ("failed", "error")]
+        missing = [
+            required.name
+            for required in step.required(self.target_kind)
+            if self._outcome_of(step.id, required.name) != "passed"
+        ]
+        if bad:
+            outcome, line = FAILED, bad[0].summary
+        elif missing:
+            outcome, line = NOT_RUN, self._why_not_run(step.id, missing)
+        else:
+            good = [c.summary for c in checks if c.outcome == "passed"]
+            outcome, line = PASSED, "; ".join(good)
+        waiver = self.waivers.get(step.id)
+        outcome = waived_outcome(waiver, {c.outcome for c in checks}) or outcome
+        return StepOutcome(step, outcome, line, checks, waiver)
 
-    def step_passed(self, step_id: str) -> bool:
-        return any(s.step.id == step_id and s.outcome == PASSED for s in self.step_outcomes())
+    def _outcome_of(self, step_id: str, check: str) -> str | None:
+        return next(
+            (c.outcome for c in self.checks if c.step_id == step_id and c.check == check), None
+        )
+
+    def _why_not_run(self, step_id: str, missing: list[str]) -> str:
+        skipped = [
+            c.summary
+            for c in self.checks
+            if c.step_id == step_id and c.check in missing and c.summary
+        ]
+        if skipped:
+            return skipped[0]
+        return f"required check(s) did not run (deselected or interrupted): {', '.join(missing)}"
+
+    def gate(self, step: Step, role: Role, needs: tuple[str, ...] = ()) -> str | None:
+        """Why a check of ``step`` in ``role`` must not run now, or None when it may.
+
+        Every check waits for the steps its step (and the check itself) needs; an action also
+        for every pre-flight of its step, which must have run and passed; a verification for
+        the step's actions."""
+        outcomes = {s.step.id: s.outcome for s in self.step_outcomes()}
+        for needed in dict.fromkeys((*step.needs, *needs)):
+            if outcomes[needed] != PASSED:
+                return f"{NOT_ATTEMPTED}: {needed} {_describe(outcomes[needed])}"
+        earlier = {Role.ACTION: Role.PREFLIGHT, Role.VERIFICATION: Role.ACTION}.get(role)
+        if earlier is None:
+            return None
+        for check in step.required(self.target_kind):
+            if check.role is earlier and self._outcome_of(step.id, check.name) != "passed":
+                state = self._outcome_of(step.id, check.name) or "did not run"
+                return f"{NOT_ATTEMPTED}: {earlier} {check.name} of {step.id} {_describe(state)}"
+        for record in self.checks:
+            team_check = record.check is None and record.step_id == step.id
+            if team_check and record.role is earlier and record.outcome != "passed":
+                return (
+                    f"{NOT_ATTEMPTED}: {earlier} {record.name} of {step.id} "
+                    f"{_describe(record.outcome)}"
+                )
+        return None
 
     def verdict(self) -> str:
         # A waived step (failure waived, or not run by its waiver) neither fails nor leaves
-        # the phase incomplete.
+        # the phase incomplete; the verdict line names it.
         if self.aborted:
             return FAIL
+        if self.interrupted:
+            return INTERRUPTED
         outcomes = [s.outcome for s in self.step_outcomes()]
         if FAILED in outcomes:
             return FAIL
@@ -115,6 +166,8 @@ class RunRecord:
 
     def as_json(self) -> dict[str, Any]:
         return {
+            "schema_version": SCHEMA_VERSION,
+            "plugin_version": __version__,
             "phase": self.phase.name,
             "target": self.target,
             "target_kind": self.target_kind,
@@ -122,6 +175,10 @@ class RunRecord:
             "verdict": self.verdict(),
             "decision": self.decision(),
             "aborted": self.aborted,
+            "interrupted": self.interrupted,
+            "head": self.head,
+            "release": self.release,
+            "identity": self.identity,
             "steps": [
                 {
                     "id": s.step.id,
@@ -129,9 +186,12 @@ class RunRecord:
                     "outcome": s.outcome,
                     "evidence": s.evidence,
                     "waiver": s.waiver.as_json() if s.waiver else None,
+                    "required": [c.name for c in s.step.required(self.target_kind)],
                     "checks": [
                         {
                             "name": c.name,
+                            "check": c.check,
+                            "role": str(c.role),
                             "outcome": c.outcome,
                             "summary": c.summary,
                             "message": c.message,
@@ -144,6 +204,17 @@ class RunRecord:
             ],
             "environment": dict(self.environment),
         }
+
+
+def _describe(outcome: str) -> str:
+    """A step's or check's outcome as the reason a later check did not run."""
+    return {
+        FAILED: "failed",
+        "error": "failed with an error",
+        NOT_RUN: "did not run",
+        "skipped": "did not run",
+        "did not run": "did not run",
+    }.get(outcome, f"was {outcome}")
 
 
 def write_json(record: RunRecord, path: Path) -> None:

@@ -16,7 +16,7 @@ from .forensics.snapshot import walk_settings
 from .migrations import AlembicProject
 from .postgres import start_ephemeral
 from .results import CheckResult, DodFailure, Failure
-from .session import TargetRefused, TargetSession, migration_lock
+from .session import TargetRefused, TargetSession, require_destructive
 from .state import ITEM_EVIDENCE, ITEM_SUMMARY, RUN_STATE, RunState
 
 
@@ -65,24 +65,6 @@ class StepRecorder:
                 )
             )
 
-    def require_preflight(self) -> None:
-        """Fail without acting when a pre-flight already said the action would fail or lock."""
-        refused = self._state.record.failed_preflights()
-        if refused:
-            raise DodFailure(
-                Failure(
-                    "Not attempted: the pre-flight found problems",
-                    expected="every pre-flight check passed before the destructive step",
-                    seen="\n".join(f"{c.step_id} {c.name}: {c.summary}" for c in refused),
-                    remedy="Resolve the pre-flight findings above, then rerun the phase.",
-                )
-            )
-
-    def require(self, step_id: str) -> None:
-        """Skip (the step counts as not run) unless an earlier step it builds on passed."""
-        if not self._state.record.step_passed(step_id):
-            pytest.skip(f"step {step_id} did not pass; this step builds on it")
-
 
 @pytest.fixture
 def evidence(request: pytest.FixtureRequest) -> StepRecorder:
@@ -115,20 +97,15 @@ def db(rollout_target: TargetSession) -> Iterator[Connection]:
 
 
 @pytest.fixture(scope="session")
-def migration_connection(
-    rollout_target: TargetSession, rollout_config: RolloutConfig
-) -> Iterator[Connection]:
-    """The connection that holds the migration lock; destructive steps run on it."""
+def migration_connection(rollout_target: TargetSession) -> Iterator[Connection]:
+    """The connection destructive steps run on (the run holds the phase lock meanwhile)."""
     try:
-        with migration_lock(
-            rollout_target.engine,
-            rollout_target.target.kind,
-            rollout_config.session.migration_lock_wait_ms,
-        ) as connection:
-            yield connection
+        require_destructive(rollout_target.target.kind)
     except TargetRefused as refused:
         assert refused.result.failure is not None
         raise DodFailure(refused.result.failure) from None
+    with rollout_target.engine.connect() as connection:
+        yield connection
 
 
 @pytest.fixture

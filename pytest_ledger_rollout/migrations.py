@@ -183,6 +183,12 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
     """Runbook 1.2: `alembic upgrade head` finishes without error and current is head after."""
     before = project.current(connection)
     head = project.heads()[-1]
+    if before == (head,):
+        return passed(
+            f"already at head: nothing to upgrade ({head})",
+            Evidence("alembic upgrade head", f"current = {head} before the upgrade: nothing ran"),
+            **{"alembic current": head},
+        )
     try:
         project.upgrade(connection, "head")
     except Exception as exc:  # any failure of the upgrade is the finding

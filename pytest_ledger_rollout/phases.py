@@ -1,20 +1,63 @@
-"""The runbook's phases and steps: ids, titles, which target kinds a phase may run against."""
+"""The runbook's phases and their step model, declared once: each step's packaged checks with
+their roles, what each step needs, and which target kinds a phase may run against.
+
+The plugin orders and gates checks from this model only (never from file names or from the
+order other plugins leave behind), and a step passes only when every check it requires ran and
+passed. A team's own ``dod(...)`` checks may add to a step; they never stand in for a packaged
+check.
+"""
 
 from __future__ import annotations
 
+import enum
 from dataclasses import dataclass
 
 EPHEMERAL, STAGING, PRODUCTION = "ephemeral", "staging", "production"
 TARGET_KINDS = (EPHEMERAL, STAGING, PRODUCTION)
 # Kinds on which upgrade / downgrade / stamp may ever run.
 DESTRUCTIVE_KINDS = frozenset({EPHEMERAL, STAGING})
+EVERY_KIND = frozenset(TARGET_KINDS)
+
+
+class Role(enum.StrEnum):
+    """What a check does to the target, in the order a step runs them."""
+
+    PROBE = "probe"  # reads what is there
+    PREFLIGHT = "preflight"  # reads, before the step's action: a finding stops the action
+    ACTION = "action"  # changes the target (upgrade, smoke); runs only when its gate is open
+    VERIFICATION = "verification"  # reads what the step's action left
+
+
+ROLE_ORDER = {role: index for index, role in enumerate(Role)}
+# Roles a team's own check may take: actions belong to the packaged suites only.
+TEAM_ROLES = (Role.PROBE, Role.PREFLIGHT, Role.VERIFICATION)
+
+
+@dataclass(frozen=True)
+class Check:
+    """A packaged check: a test function of the phase's suite package, by name."""
+
+    name: str
+    role: Role = Role.PROBE
+    needs: tuple[str, ...] = ()  # steps that must have passed, besides its step's needs
+    # Target kinds on which the step requires it; elsewhere it may skip (it still fails the
+    # step when it runs and fails).
+    required_on: frozenset[str] = EVERY_KIND
 
 
 @dataclass(frozen=True)
 class Step:
     id: str
     title: str
+    checks: tuple[Check, ...]
+    needs: tuple[str, ...] = ()  # steps that must have passed before any check of this step
     waivable: bool = True  # the phase chain is not: a waiver must not stand in for a sign-off
+
+    def check(self, name: str) -> Check | None:
+        return next((check for check in self.checks if check.name == name), None)
+
+    def required(self, kind: str) -> tuple[Check, ...]:
+        return tuple(check for check in self.checks if kind in check.required_on)
 
 
 @dataclass(frozen=True)
@@ -29,10 +72,17 @@ class Phase:
     # Production phases read only, even on a throwaway target (the rehearsal proves it).
     read_only: bool = False
     decides: bool = False  # ends with GO / HOLD / ROLLBACK (the pilot's OPS-02 decision)
+    # The step a refused identity or a failed connection fails (else the run is only stopped).
+    identity_step: str | None = None
 
     def session_kind(self, target_kind: str) -> str:
         """The safety policy a session gets: a production phase's is always production's."""
         return PRODUCTION if self.read_only else target_kind
+
+    @property
+    def writes(self) -> bool:
+        """Whether a run changes the target (so the whole phase runs under the lock)."""
+        return not self.read_only
 
     @property
     def package(self) -> str:
@@ -41,6 +91,18 @@ class Phase:
     def step(self, step_id: str) -> Step | None:
         return next((step for step in self.steps if step.id == step_id), None)
 
+    def packaged(self, name: str) -> tuple[Step, Check] | None:
+        """The step and packaged check a suite function of this phase is."""
+        for step in self.steps:
+            check = step.check(name)
+            if check is not None:
+                return step, check
+        return None
+
+
+STAGING_ONLY = frozenset({STAGING})  # the app host's view: required where a pod exists
+NOWHERE = frozenset[str]()  # optional everywhere (a team's configured extra)
+SMOKE_NEEDS = ("2.0", "2.1", "2.2", "2.3")
 
 PHASES: dict[str, Phase] = {
     phase.name: phase
@@ -50,23 +112,104 @@ PHASES: dict[str, Phase] = {
             "STG-MIG: verify migrations on staging Postgres",
             frozenset({EPHEMERAL, STAGING}),
             (
-                Step("1.1", "Connected to the right DB; Alembic current and history as expected"),
-                Step("1.2", "alembic upgrade head succeeds"),
-                Step("1.3", "Table and UNIQUE constraint verified in Postgres"),
-                Step("1.4", "Downgrade / upgrade smoke (staging only)"),
+                Step(
+                    "1.1",
+                    "Connected to the right DB; Alembic current and history as expected",
+                    (
+                        Check("test_connected_to_expected_database"),
+                        Check("test_alembic_current_not_empty"),
+                        Check("test_history_has_one_head"),
+                        Check("test_history_chain_is_expected"),
+                        Check("test_app_alembic_sees_same_database", required_on=STAGING_ONLY),
+                    ),
+                ),
+                Step(
+                    "1.2",
+                    "alembic upgrade head succeeds",
+                    (
+                        Check("test_schema_matches_claimed_revision", Role.PREFLIGHT),
+                        Check("test_preflight_pending_ids_fit_version_table", Role.PREFLIGHT),
+                        Check("test_preflight_unique_holds_on_todays_rows", Role.PREFLIGHT),
+                        Check("test_preflight_no_long_locks_on_large_tables", Role.PREFLIGHT),
+                        Check("test_upgrade_head", Role.ACTION),
+                    ),
+                    needs=("1.1",),
+                ),
+                Step(
+                    "1.3",
+                    "Table and UNIQUE constraint verified in Postgres",
+                    (
+                        Check("test_table_and_unique_constraint", Role.VERIFICATION),
+                        Check("test_no_drift_at_head", Role.VERIFICATION),
+                    ),
+                    needs=("1.2",),
+                ),
+                Step(
+                    "1.4",
+                    "Downgrade / upgrade smoke (staging only)",
+                    (
+                        Check("test_upgraded_revisions_have_downgrades", Role.PREFLIGHT),
+                        Check("test_downgrade_upgrade_smoke", Role.ACTION),
+                    ),
+                    needs=("1.1", "1.2", "1.3"),
+                ),
             ),
             ephemeral_at_baseline=True,
+            identity_step="1.1",
         ),
         Phase(
             "stg-roll",
             "STG-ROLL: staging rollout",
             frozenset({EPHEMERAL, STAGING}),
             (
-                Step("2.0", "STG-MIG signed off (PASS) for this head and release", waivable=False),
-                Step("2.1", "Telemetry and shadow-write flags on"),
-                Step("2.2", "OPS-01 backfill leaves no mismatch"),
-                Step("2.3", "Webhook signature enforcement without a 401 surge"),
-                Step("2.4", "Enforce balance on; withdrawals smoke"),
+                Step(
+                    "2.0",
+                    "STG-MIG signed off (PASS) for this head and release",
+                    (Check("test_stg_mig_signed_off"),),
+                    waivable=False,
+                ),
+                Step(
+                    "2.1",
+                    "Telemetry and shadow-write flags on",
+                    (Check("test_shadow_write_and_mismatch_log_on"),),
+                ),
+                Step(
+                    "2.2",
+                    "OPS-01 backfill leaves no mismatch",
+                    (
+                        Check("test_backfill_left_no_mismatch"),
+                        Check("test_backfill_dry_run_has_nothing_left", required_on=STAGING_ONLY),
+                    ),
+                ),
+                Step(
+                    "2.3",
+                    "Webhook signature enforcement without a 401 surge",
+                    (
+                        Check("test_signature_enforcement_on"),
+                        Check("test_no_webhook_401_surge_after_the_flip"),
+                    ),
+                ),
+                Step(
+                    "2.4",
+                    "Enforce balance on; withdrawals smoke",
+                    (
+                        Check("test_enforce_balance_on", Role.PREFLIGHT),
+                        Check("test_flags_flipped_in_runbook_order_after_the_backfill"),
+                        # The smoke writes through the service: only after the chain and
+                        # 2.1-2.3 passed. The reads above run regardless: staging only.
+                        Check(
+                            "test_withdrawals_smoke_with_enforcement_on",
+                            Role.ACTION,
+                            needs=SMOKE_NEEDS,
+                        ),
+                        Check(
+                            "test_team_e2e_withdrawals_spec",
+                            Role.ACTION,
+                            needs=SMOKE_NEEDS,
+                            required_on=NOWHERE,
+                        ),
+                    ),
+                ),
             ),
         ),
         Phase(
@@ -74,10 +217,33 @@ PHASES: dict[str, Phase] = {
             "PRD-PILOT: production pilot rollout",
             frozenset({EPHEMERAL, PRODUCTION}),
             (
-                Step("3.0", "STG-ROLL signed off (PASS) for this head and release", waivable=False),
-                Step("3.1", "Pilot tenant selection"),
-                Step("3.2", "Pilot backfill, signature and enforce"),
-                Step("3.3", "OPS-02 decision matrix"),
+                Step(
+                    "3.0",
+                    "STG-ROLL signed off (PASS) for this head and release",
+                    (Check("test_stg_roll_signed_off"),),
+                    waivable=False,
+                ),
+                Step(
+                    "3.1",
+                    "Pilot tenant selection",
+                    (Check("test_pilot_tenants_are_few_and_low_risk"),),
+                    needs=("3.0",),
+                ),
+                Step(
+                    "3.2",
+                    "Pilot backfill, signature and enforce",
+                    (
+                        Check("test_pilot_backfill_clean"),
+                        Check("test_enforcement_on_for_pilots_only"),
+                    ),
+                    needs=("3.0",),
+                ),
+                Step(
+                    "3.3",
+                    "OPS-02 decision matrix",
+                    (Check("test_ops02_decision"),),
+                    needs=("3.0",),
+                ),
             ),
             read_only=True,
             decides=True,
@@ -87,10 +253,39 @@ PHASES: dict[str, Phase] = {
             "PRD-GA: gradual expansion",
             frozenset({EPHEMERAL, PRODUCTION}),
             (
-                Step("4.0", "PRD-PILOT signed off (GO) for this head and release", waivable=False),
-                Step("4.1", "Rollout widened tenant by tenant; every enabled tenant clean"),
-                Step("4.2", "Rollback procedure ready (OPS-02)"),
-                Step("4.3", "Enforce in general use; decision signals clean"),
+                Step(
+                    "4.0",
+                    "PRD-PILOT signed off (GO) for this head and release",
+                    (Check("test_pilot_decided_go"),),
+                    waivable=False,
+                ),
+                Step(
+                    "4.1",
+                    "Rollout widened tenant by tenant; every enabled tenant clean",
+                    (
+                        Check("test_enforced_tenants_are_the_declared_waves"),
+                        Check("test_every_enabled_tenant_is_clean"),
+                    ),
+                    needs=("4.0",),
+                ),
+                Step(
+                    "4.2",
+                    "Rollback procedure ready (OPS-02)",
+                    (
+                        Check("test_rollback_plan_ready"),
+                        Check("test_release_downgrades_rehearsed"),
+                    ),
+                    needs=("4.0",),
+                ),
+                Step(
+                    "4.3",
+                    "Enforce in general use; decision signals clean",
+                    (
+                        Check("test_enforcement_in_general_use"),
+                        Check("test_signals_clean_for_the_latest_wave"),
+                    ),
+                    needs=("4.0",),
+                ),
             ),
             read_only=True,
         ),

@@ -7,30 +7,46 @@ from __future__ import annotations
 import datetime as dt
 import getpass
 import os
+import tempfile
 from collections.abc import Generator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 import pytest
 
 from . import __version__, fixtures
 from .config import ConfigError, load_config
-from .evidence import PASS, CheckRecord, RunRecord, sha256_file, write_checksums, write_json
+from .evidence import (
+    NOT_ATTEMPTED,
+    PASS,
+    CheckRecord,
+    RunRecord,
+    sha256_file,
+    write_checksums,
+    write_json,
+)
 from .masking import Scrubber, mask_url
 from .metrics.server import PrometheusUnavailable
-from .phases import EPHEMERAL, PHASES, Phase
+from .phases import EPHEMERAL, PHASES, ROLE_ORDER, TEAM_ROLES, Phase, Role
 from .postgres import EphemeralUnavailable
 from .rehearsal import RehearsalFailed, RehearsalPlan, rehearse_production, rehearse_stg_roll
 from .report import summary_html, terminal_lines, verdict_line
-from .results import Evidence
+from .results import DodFailure, Evidence
 from .session import TargetRefused, open_target_session, start_in_background
-from .state import ITEM_EVIDENCE, ITEM_SUMMARY, RUN_STATE, RunState, SignoffPaths
+from .state import (
+    ITEM_EVIDENCE,
+    ITEM_PLAN,
+    ITEM_SUMMARY,
+    RUN_STATE,
+    PlannedCheck,
+    RunState,
+    SignoffPaths,
+)
 from .targets import TargetError, resolve_target
 from .waivers import SKIP_REASON, WaiverError, load_waivers
 
 SUITES_PACKAGE = "pytest_ledger_rollout.suites"
 DOD_MARKER = "dod"
-PREFLIGHT_MARKER = "preflight"
 REHEARSED_PHASES = frozenset({"stg-roll", "prd-pilot", "prd-ga"})  # embedded defaults that
 # play the runbook's steps on the throwaway target before the checks
 
@@ -104,23 +120,29 @@ def _option(config: pytest.Config, ini: str) -> tuple[str | None, Path]:
 @pytest.hookimpl(tryfirst=True)  # before pytest-html reads --html
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
-        "markers", f"{DOD_MARKER}(step_id): the runbook step a definition-of-done check belongs to"
-    )
-    config.addinivalue_line(
-        "markers", f"{PREFLIGHT_MARKER}: a check whose failure stops the destructive step after it"
+        "markers",
+        f"{DOD_MARKER}(step_id, role='verification'): the runbook step a definition-of-done "
+        f"check belongs to; a team's own check takes the role {', '.join(TEAM_ROLES)}",
     )
     config.pluginmanager.register(fixtures, "ledger_rollout.fixtures")
     phase_name, _ = _option(config, "rollout_phase")
     if phase_name is None:
         return
+    if getattr(config.option, "numprocesses", None) or hasattr(config, "workerinput"):
+        raise pytest.UsageError(
+            "--phase cannot run under pytest-xdist (-n): the step model runs a phase's checks "
+            "in order in one process holding one lock; drop -n for the rollout run"
+        )
     state = _configure_run(config, phase_name)
     config.stash[RUN_STATE] = state
     if config.getoption("htmlpath", None) is None:
         config.option.htmlpath = str(state.paths.html)
         config.option.self_contained_html = True
     config.pluginmanager.register(SignoffHtml(state), "ledger_rollout.html")
-    if not config.args or config.args_source != pytest.Config.ArgsSource.ARGS:
-        config.args = [str(_suite_dir(state.phase))]
+    # The packaged checks always run; paths given add a team's own checks to them.
+    suite = str(_suite_dir(state.phase))
+    given = config.args if config.args_source == pytest.Config.ArgsSource.ARGS else []
+    config.args = [suite, *(arg for arg in given if arg != suite)]
     _set_metadata(config, state)
     if state.target.kind == EPHEMERAL and not config.option.collectonly:
         state.ephemeral_start = start_in_background(
@@ -159,7 +181,13 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
     paths = SignoffPaths(
         folder / f"{stem}.html", folder / f"{stem}.json", folder / f"{stem}.sha256"
     )
-    record = RunRecord(phase=phase, target=target.name, target_kind=target.kind, scrubber=scrubber)
+    record = RunRecord(
+        phase=phase,
+        target=target.name,
+        target_kind=target.kind,
+        scrubber=scrubber,
+        head=rollout.migrations.expected_chain[-1],
+    )
     record.environment.update(
         {
             "phase": phase.name,
@@ -179,6 +207,7 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
     release = release or ("rehearsal" if target.kind == EPHEMERAL else None)
     if release:
         record.environment["release"] = release
+        record.release = release
     predecessor, predecessor_base = _option(config, "rollout_predecessor")
     state = RunState(rollout, phase, target, record, scrubber, paths)
     if predecessor:
@@ -190,7 +219,31 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
                 f"--pilot-candidates must be a positive number, not {candidates!r}"
             )
         state.pilot_candidates = int(candidates)
+    _require_writable(folder)
     return state
+
+
+def _require_writable(folder: Path) -> None:
+    """The sign-off folder is proven writable before anything touches a database (without
+    creating it: a run refused for another reason leaves nothing behind)."""
+    existing = next(path for path in (folder, *folder.parents) if path.exists())
+    problem = None
+    if not existing.is_dir():
+        problem = f"{existing} is not a folder"
+    elif existing != folder:
+        if not os.access(existing, os.W_OK | os.X_OK):
+            problem = f"{existing} does not let this user create {folder.name}"
+    else:
+        try:
+            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
+                pass
+        except OSError as exc:
+            problem = exc.strerror or str(exc)
+    if problem is not None:
+        raise pytest.UsageError(
+            f"the sign-off folder {folder} cannot be written ({problem}): "
+            "pass --signoff-dir a folder you can write to"
+        )
 
 
 def _load_waivers(config: pytest.Config, record: RunRecord, today: dt.date) -> None:
@@ -265,20 +318,15 @@ def pytest_collection_modifyitems(
     state = config.stash.get(RUN_STATE, None)
     if state is None:
         return
-    order = {step.id: index for index, step in enumerate(state.phase.steps)}
-    selected, deselected = [], []
+    suite = _suite_dir(state.phase).resolve()
+    selected, deselected, seen = [], [], set()
     for item in items:
-        marker = item.get_closest_marker(DOD_MARKER)
-        if marker is None:
+        if item.get_closest_marker(DOD_MARKER) is None or item.nodeid in seen:
             deselected.append(item)
             continue
-        step_id = str(marker.args[0]) if marker.args else ""
-        if step_id not in order:
-            raise pytest.UsageError(
-                f"{item.nodeid} is marked dod({step_id!r}), which is not a step of "
-                f"{state.phase.name} ({', '.join(order)})"
-            )
-        waiver = state.record.waivers.get(step_id)
+        seen.add(item.nodeid)
+        item.stash[ITEM_PLAN] = _plan(item, state.phase, suite)
+        waiver = state.record.waivers.get(item.stash[ITEM_PLAN].step.id)
         if waiver is not None and waiver.skips:
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
         selected.append(item)
@@ -289,22 +337,62 @@ def pytest_collection_modifyitems(
             f"phase {state.phase.name} selected no check (after -k/-m and the given paths): "
             "a phase with nothing checked cannot be decided"
         )
-    # Runbook order, whatever reordering plugins did; stable within a step.
-    items[:] = sorted(selected, key=lambda item: order[_step_of(item)])
+    items[:] = _in_model_order(selected, state.phase)
 
 
-def _step_of(item: pytest.Item) -> str:
+def _plan(item: pytest.Item, phase: Phase, suite: Path) -> PlannedCheck:
+    """The item's place in the step model: a packaged check by its function in the phase's
+    own suite package, anything else a team's check in the step its marker names."""
     marker = item.get_closest_marker(DOD_MARKER)
     assert marker is not None
-    return str(marker.args[0])
+    step_id = str(marker.args[0]) if marker.args else ""
+    function = getattr(item, "originalname", item.name)
+    packaged = phase.packaged(function) if item.path.resolve().is_relative_to(suite) else None
+    if packaged is not None:
+        step, check = packaged
+        if step.id != step_id:
+            raise pytest.UsageError(
+                f"{item.nodeid} is marked dod({step_id!r}) but the step model of "
+                f"{phase.name} has it in step {step.id}"
+            )
+        return PlannedCheck(step, check.role, check)
+    marked = phase.step(step_id)
+    if marked is None:
+        raise pytest.UsageError(
+            f"{item.nodeid} is marked dod({step_id!r}), which is not a step of "
+            f"{phase.name} ({', '.join(s.id for s in phase.steps)})"
+        )
+    role = str(marker.kwargs.get("role", Role.VERIFICATION))
+    if role not in TEAM_ROLES:
+        raise pytest.UsageError(
+            f"{item.nodeid} is marked dod({step_id!r}, role={role!r}): a team's own check "
+            f"takes the role {', '.join(TEAM_ROLES)} (actions belong to the packaged suites)"
+        )
+    return PlannedCheck(marked, Role(role), None)
+
+
+def _in_model_order(items: list[pytest.Item], phase: Phase) -> list[pytest.Item]:
+    """Step by step; within a step probes, pre-flights, actions, verifications; packaged
+    checks in their declared order before a team's; whatever order other plugins left."""
+    steps = {step.id: index for index, step in enumerate(phase.steps)}
+
+    def position(item: pytest.Item) -> tuple[int, int, int]:
+        plan = item.stash[ITEM_PLAN]
+        declared = plan.step.checks.index(plan.check) if plan.check else len(plan.step.checks)
+        return steps[plan.step.id], ROLE_ORDER[plan.role], declared
+
+    return sorted(items, key=position)
 
 
 @pytest.hookimpl(tryfirst=True)
 def pytest_runtestloop(session: pytest.Session) -> None:
-    """Safety gate: the target is brought up and its identity proven before any check."""
+    """Safety gate: the target is brought up, locked where the phase writes, and its identity
+    proven before any check; the checks then run in the model's order, whatever reordered
+    them after collection."""
     state = session.config.stash.get(RUN_STATE, None)
     if state is None or session.config.option.collectonly or not session.items:
         return
+    session.items[:] = _in_model_order(session.items, state.phase)
     try:
         state.session = open_target_session(
             state.config,
@@ -318,14 +406,11 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         state.record.aborted = f"No ephemeral Postgres could be started: {exc}"
         pytest.exit(state.record.aborted, returncode=pytest.ExitCode.USAGE_ERROR)
     except TargetRefused as refused:
-        state.record.aborted = state.scrubber.scrub(str(refused))
-        pytest.exit(
-            state.record.aborted + "\nNothing was run against this database.",
-            returncode=pytest.ExitCode.TESTS_FAILED,
-        )
+        _refuse(state, refused)
+    identity = state.session.identity
+    state.record.identity = identity.as_json()
     if state.target.kind == EPHEMERAL and state.phase.name in REHEARSED_PHASES:
         _rehearse(state)
-    identity = state.session.identity
     state.record.environment.update(
         {
             "database": state.session.masked_url,
@@ -337,6 +422,46 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         state.record.environment["ephemeral provider"] = state.session.ephemeral.provider
 
 
+def _refuse(state: RunState, refused: TargetRefused) -> NoReturn:
+    """The target failed a safety precondition: the identity step fails with the cause, the
+    run stops, and nothing is read from or written to the database."""
+    failure = refused.result.failure
+    assert failure is not None
+    state.record.aborted = state.scrubber.scrub(str(refused))
+    if state.phase.identity_step is not None:
+        state.record.add(
+            CheckRecord(
+                name="Target reached and its identity proven before any check",
+                step_id=state.phase.identity_step,
+                outcome="failed",
+                summary=failure.title,
+                message=str(DodFailure(failure)),
+            )
+        )
+    pytest.exit(
+        state.record.aborted + "\nNothing was run against this database.",
+        returncode=pytest.ExitCode.TESTS_FAILED,
+    )
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """The step model's gate, before any fixture of the check is set up: a check whose step
+    needs an earlier step that did not pass, an action whose pre-flights did not all pass,
+    or an action without the phase lock, does not run and says why."""
+    state = item.config.stash.get(RUN_STATE, None)
+    if state is None or ITEM_PLAN not in item.stash:
+        return
+    plan = item.stash[ITEM_PLAN]
+    reason = state.record.gate(plan.step, plan.role, plan.needs)
+    if reason is None and plan.role is Role.ACTION and state.phase.writes:
+        assert state.session is not None
+        if not state.session.lock_held():
+            reason = f"{NOT_ATTEMPTED}: this run no longer holds the phase lock"
+    if reason is not None:
+        pytest.skip(reason)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_makereport(
     item: pytest.Item, call: pytest.CallInfo[None]
@@ -346,9 +471,9 @@ def pytest_runtest_makereport(
     if state is None:
         return report
     _scrub_report(report, state.scrubber)
-    marker = item.get_closest_marker(DOD_MARKER)
-    if marker is None or not _is_final(report):
+    if ITEM_PLAN not in item.stash or not _is_final(report):
         return report
+    plan = item.stash[ITEM_PLAN]
     if report.passed:
         outcome = "passed"
     elif report.skipped:
@@ -363,21 +488,23 @@ def pytest_runtest_makereport(
         outcome = "error"
     summary = item.stash.get(ITEM_SUMMARY, "")
     if report.skipped and isinstance(report.longrepr, tuple):
-        summary = f"skipped: {report.longrepr[2]}"
+        reason = report.longrepr[2].removeprefix("Skipped: ")
+        summary = reason if reason.startswith(NOT_ATTEMPTED) else f"skipped: {reason}"
     elif outcome == "error" and call.excinfo is not None:
         summary = f"error in {report.when}: {call.excinfo.exconly().splitlines()[0][:300]}"
     state.record.add(
         CheckRecord(
             name=_check_title(item),
-            step_id=str(marker.args[0]),
+            step_id=plan.step.id,
             outcome=outcome,
             summary=summary,
             evidence=_item_evidence(item),
             message=report.longreprtext if report.failed else "",
-            preflight=item.get_closest_marker(PREFLIGHT_MARKER) is not None,
+            role=plan.role,
+            check=plan.check.name if plan.check else None,
         )
     )
-    waiver = state.record.waivers.get(str(marker.args[0]))
+    waiver = state.record.waivers.get(plan.step.id)
     if outcome == "failed" and waiver is not None and not waiver.expired:
         # Reported as pytest's expected failure, so a waived failure does not fail the run
         # (exit 0 on PASS); the record above keeps it as a failure for the checklist.
@@ -482,12 +609,21 @@ class SignoffHtml:
         prefix.append(summary_html(self.state.record))
 
 
+_CUT_SHORT = {
+    pytest.ExitCode.INTERRUPTED: "interrupted (Ctrl-C or a signal) before every check ran",
+    pytest.ExitCode.INTERNAL_ERROR: "stopped by an internal error before every check ran",
+}
+
+
 @pytest.hookimpl(wrapper=True, trylast=True)
 def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]:
-    result = yield
     state = session.config.stash.get(RUN_STATE, None)
     if state is None or session.config.option.collectonly:
-        return result
+        return (yield)
+    # Before pytest-html renders the sign-off: a run cut short never reads as a verdict.
+    if session.exitstatus in _CUT_SHORT and not state.record.aborted:
+        state.record.interrupted = _CUT_SHORT[pytest.ExitCode(session.exitstatus)]
+    result = yield
     state.paths.json.parent.mkdir(parents=True, exist_ok=True)
     write_json(state.record, state.paths.json)
     write_checksums([state.paths.html, state.paths.json], state.paths.checksums)

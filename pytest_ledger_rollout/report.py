@@ -7,10 +7,10 @@ from __future__ import annotations
 
 from html import escape
 
-from .evidence import FAIL, FAILED, INCOMPLETE, NOT_RUN, PASS, PASSED, RunRecord
+from .evidence import FAIL, FAILED, INCOMPLETE, INTERRUPTED, NOT_RUN, PASS, PASSED, RunRecord
 from .waivers import WAIVED, WAIVED_NOT_RUN
 
-_COLOURS = {PASS: "#1b7f3b", FAIL: "#b00020", INCOMPLETE: "#9a6700"}
+_COLOURS = {PASS: "#1b7f3b", FAIL: "#b00020", INCOMPLETE: "#9a6700", INTERRUPTED: "#b00020"}
 _STEP_COLOURS = {
     PASSED: "#1b7f3b",
     FAILED: "#b00020",
@@ -36,6 +36,8 @@ def verdict_line(record: RunRecord) -> str:
         line += f" (waived: {', '.join(waived)})"
     if record.aborted:
         line += f" (stopped: {record.aborted.splitlines()[0]})"
+    elif record.interrupted:
+        line += f" ({record.interrupted})"
     return line
 
 

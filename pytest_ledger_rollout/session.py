@@ -1,5 +1,5 @@
-"""Bringing a target up for a run: start or connect, prove identity, prepare, and hold the
-migration lock for destructive steps. Everything is undone through one ExitStack."""
+"""Bringing a target up for a run: start or connect, hold the phase lock where the phase writes,
+prove identity, prepare. Everything is undone through one ExitStack."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ from datetime import datetime
 
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
-from sqlalchemy.exc import OperationalError
+from sqlalchemy.exc import DBAPIError, OperationalError
 
 from .config import RolloutConfig
 from .masking import Scrubber, mask_url
@@ -21,15 +21,26 @@ from .metrics.webhook_watch import WebhookWatchThresholds
 from .migrations import AlembicProject
 from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION, Phase
 from .postgres import EphemeralServer, EphemeralSettings, start_ephemeral
-from .results import CheckResult, Failure
-from .targets import ResolvedTarget, ServerIdentity, open_engine, prove_identity, read_identity
+from .results import CheckResult, DodFailure, Failure
+from .targets import (
+    ResolvedTarget,
+    ServerIdentity,
+    connection_failure,
+    open_engine,
+    prove_identity,
+    read_identity,
+    url_overrides,
+)
 
-# One advisory lock key per database for every destructive step of this plugin (positive, so
-# it reads back unchanged from pg_locks' classid/objid halves).
-MIGRATION_LOCK_KEY = (
+# One advisory lock key per database for every run of a phase that writes (positive, so it
+# reads back unchanged from pg_locks' classid/objid halves).
+PHASE_LOCK_KEY = (
     int.from_bytes(hashlib.sha256(b"pytest-ledger-rollout:migrations").digest()[:8], "big")
     & 0x7FFF_FFFF_FFFF_FFFF
 )
+
+
+LOCK_NOT_AVAILABLE = "55P03"  # the wait for the lock ran into its lock_timeout
 
 
 class TargetRefused(RuntimeError):
@@ -38,7 +49,7 @@ class TargetRefused(RuntimeError):
     def __init__(self, result: CheckResult) -> None:
         assert result.failure is not None
         self.result = result
-        super().__init__(f"{result.failure.title}\n{result.failure.seen}")
+        super().__init__(str(DodFailure(result.failure)))  # Expected / Seen / What to do
 
 
 @dataclass
@@ -63,10 +74,30 @@ class TargetSession:
     identity_result: CheckResult
     ephemeral: EphemeralServer | None
     services: ServiceEndpoints = field(default_factory=ServiceEndpoints)
+    # The connection holding the phase lock, for phases that write (None for read-only ones).
+    lock: Connection | None = None
 
     @property
     def masked_url(self) -> str:
         return mask_url(self.url)
+
+    def lock_held(self) -> bool:
+        """Whether this run still holds the phase lock (its connection may have been lost)."""
+        if self.lock is None:
+            return False
+        try:
+            held = self.lock.execute(
+                text(
+                    "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
+                    " AND pid = pg_backend_pid()"
+                    " AND ((classid::bigint << 32) | objid::bigint) = :key"
+                ),
+                {"key": PHASE_LOCK_KEY},
+            ).scalar_one()
+            self.lock.rollback()
+        except DBAPIError:
+            return False
+        return bool(held)
 
 
 def start_in_background(
@@ -117,9 +148,11 @@ def open_target_session(
     stack: ExitStack,
     ephemeral_start: Future[EphemeralServer] | None = None,
 ) -> TargetSession:
-    """Connect, prove identity, and check the kind's safety settings before any check runs."""
+    """Connect, take the phase lock where the phase writes, prove identity, and check the
+    kind's safety settings, before any check runs. A failure raises TargetRefused."""
     ephemeral = None
     server_addr: tuple[str, ...] = ()
+    system_identifier: str | None = None
     if target.kind == EPHEMERAL:
         if ephemeral_start is None:
             ephemeral_start = start_in_background(config, target, phase, stack)
@@ -132,14 +165,29 @@ def open_target_session(
         url = target.url
         expect = target.config.expect
         assert expect.host is not None and expect.database is not None
-        expected_host, expected_db, server_addr = expect.host, expect.database, expect.server_addr
+        expected_host, expected_db = expect.host, expect.database
+        server_addr, system_identifier = expect.server_addr, expect.system_identifier
     scrubber.register_url(url)
+    overridden = url_overrides(url, os.environ)
+    if overridden is not None:
+        raise TargetRefused(overridden)
     session_kind = phase.session_kind(target.kind)
     engine = open_engine(url, session_kind, phase.name, config.session)
     stack.callback(engine.dispose)
-    with engine.connect() as connection:
-        identity = read_identity(connection)
-    result = prove_identity(url, expected_host, expected_db, server_addr, identity)
+    try:
+        lock = (
+            stack.enter_context(phase_lock(engine, config.session.migration_lock_wait_ms))
+            if phase.writes
+            else None
+        )
+        with engine.connect() as connection:
+            identity = read_identity(connection)
+    except DBAPIError as exc:
+        raise TargetRefused(connection_failure(exc, mask_url(url), scrubber)) from None
+    result = prove_identity(
+        url, expected_host, expected_db, server_addr, identity, system_identifier,
+        socket_allowed=target.kind == EPHEMERAL,
+    )  # fmt: skip
     if not result.ok:
         raise TargetRefused(result)
     if session_kind == PRODUCTION and not identity.read_only:
@@ -156,7 +204,7 @@ def open_target_session(
     secret = os.environ.get(target.config.webhook_secret_env) or None
     scrubber.register(secret)
     services = ServiceEndpoints(target.config.service_url, target.config.prometheus_url, secret)
-    return TargetSession(target, url, engine, identity, result, ephemeral, services)
+    return TargetSession(target, url, engine, identity, result, ephemeral, services, lock)
 
 
 def _export(variable: str, value: str, stack: ExitStack) -> None:
@@ -182,36 +230,31 @@ def _failed_safety(title: str, expected: str, seen: str) -> CheckResult:
 
 
 @contextmanager
-def migration_lock(engine: Engine, kind: str, wait_ms: int) -> Iterator[Connection]:
-    """A connection holding the plugin's advisory lock; destructive steps run on it only."""
-    if kind not in DESTRUCTIVE_KINDS:
-        raise TargetRefused(
-            _failed_safety(
-                f"Destructive steps never run on a {kind} target",
-                "upgrade / downgrade only on ephemeral or staging targets",
-                f"a destructive step was requested on a {kind} target",
-            )
-        )
+def phase_lock(engine: Engine, wait_ms: int) -> Iterator[Connection]:
+    """A connection holding the phase's advisory lock from before the first read of the target
+    to after its last check, so two runs against one database serialize."""
     with engine.connect() as connection:
         restore = connection.execute(text("SHOW lock_timeout")).scalar_one()
         connection.execute(
             text("SELECT set_config('lock_timeout', :ms, false)"), {"ms": f"{wait_ms}ms"}
         )
         try:
-            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
-        except OperationalError:
+            connection.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PHASE_LOCK_KEY})
+        except OperationalError as exc:
+            if getattr(exc.orig, "sqlstate", None) != LOCK_NOT_AVAILABLE:
+                raise
             connection.rollback()
             holder = _lock_holder(connection)
             raise TargetRefused(
                 CheckResult(
-                    summary="another run holds the migration lock",
+                    summary="another run holds the phase lock",
                     failure=Failure(
-                        "Another run holds this database's migration lock",
+                        "Another run holds this database's phase lock: no check was run",
                         expected=f"the lock free within {wait_ms} ms",
                         seen=holder,
                         remedy=(
-                            "Wait for that run to finish and rerun. Two runs must never migrate "
-                            "the same database at once."
+                            "Wait for that run to finish and rerun. Two runs of a phase that "
+                            "writes must never work on the same database at once."
                         ),
                     ),
                 )
@@ -221,10 +264,30 @@ def migration_lock(engine: Engine, kind: str, wait_ms: int) -> Iterator[Connecti
         try:
             yield connection
         finally:
-            if connection.in_transaction():
-                connection.rollback()
-            connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
-            connection.commit()
+            _unlock(connection)
+
+
+def _unlock(connection: Connection) -> None:
+    # A lost connection released the lock with it; nothing else is left to undo.
+    try:
+        if connection.in_transaction():
+            connection.rollback()
+        connection.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PHASE_LOCK_KEY})
+        connection.commit()
+    except DBAPIError:
+        connection.invalidate()
+
+
+def require_destructive(kind: str) -> None:
+    """Destructive steps (upgrade, downgrade) never run on a production-kind target."""
+    if kind not in DESTRUCTIVE_KINDS:
+        raise TargetRefused(
+            _failed_safety(
+                f"Destructive steps never run on a {kind} target",
+                "upgrade / downgrade only on ephemeral or staging targets",
+                f"a destructive step was requested on a {kind} target",
+            )
+        )
 
 
 def _lock_holder(connection: Connection) -> str:
@@ -235,7 +298,7 @@ def _lock_holder(connection: Connection) -> str:
             " WHERE l.locktype = 'advisory' AND l.granted"
             "   AND ((l.classid::bigint << 32) | l.objid::bigint) = :key"
         ),
-        {"key": MIGRATION_LOCK_KEY},
+        {"key": PHASE_LOCK_KEY},
     ).first()
     connection.rollback()
     if row is None:

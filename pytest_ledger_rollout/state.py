@@ -12,7 +12,7 @@ import pytest
 from .config import RolloutConfig
 from .evidence import RunRecord
 from .masking import Scrubber
-from .phases import Phase
+from .phases import Check, Phase, Role, Step
 from .postgres import EphemeralServer
 from .results import Evidence
 from .session import TargetSession
@@ -24,6 +24,19 @@ class SignoffPaths:
     html: Path
     json: Path
     checksums: Path
+
+
+@dataclass(frozen=True)
+class PlannedCheck:
+    """Where a collected test stands in the phase's step model."""
+
+    step: Step
+    role: Role
+    check: Check | None  # the packaged check it is; None for a team's own dod(...) check
+
+    @property
+    def needs(self) -> tuple[str, ...]:
+        return self.check.needs if self.check else ()
 
 
 @dataclass
@@ -45,3 +58,4 @@ RUN_STATE = pytest.StashKey[RunState]()
 # Evidence a check recorded, kept on its test item until its report is built.
 ITEM_EVIDENCE = pytest.StashKey[list[Evidence]]()
 ITEM_SUMMARY = pytest.StashKey[str]()
+ITEM_PLAN = pytest.StashKey[PlannedCheck]()

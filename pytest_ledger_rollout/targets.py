@@ -10,10 +10,10 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import ArgumentError
+from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from .config import RolloutConfig, SessionLimits, TargetConfig
-from .masking import mask_url
+from .masking import Scrubber, mask_url
 from .phases import EPHEMERAL, PRODUCTION, Phase
 from .results import CheckResult, Evidence, Failure, failed, passed
 
@@ -74,18 +74,116 @@ def resolve_target(
         )
     url = normalize_url(raw)
     try:
-        backend = make_url(url).get_backend_name()
-    except ArgumentError:
+        parsed = make_url(url)
+        backend = parsed.get_backend_name()
+        port = parsed.port
+    except (ArgumentError, ValueError):
         raise TargetError(
             f"${target.database_url_env} is not a database URL "
             f"(expected postgresql://USER:PASSWORD@HOST:PORT/DB)"
         ) from None
+    unencoded = _unencoded_userinfo(url)
+    if unencoded:
+        raise TargetError(
+            f"${target.database_url_env} cannot be read as USER:PASSWORD@HOST: {unencoded}; "
+            "percent-encode the password (`@` is `%40`, `/` is `%2F`, `?` is `%3F`, "
+            "`#` is `%23`, `%` is `%25`, `:` is `%3A`)"
+        )
+    if port is not None and not 0 < port < 65536:
+        raise TargetError(
+            f"${target.database_url_env} names port {port}, which does not exist (allowed: 1-65535)"
+        )
     if backend != "postgresql":
         raise TargetError(
             f"${target.database_url_env} points at {backend}, not PostgreSQL: the runbook's checks "
             f"are only valid on Postgres (errors on {backend} are not a reference)"
         )
     return ResolvedTarget(target, url)
+
+
+def _unencoded_userinfo(url: str) -> str | None:
+    """Why the URL's user:password part looks cut short by an unencoded character, or None.
+
+    The authority ends at the first `/`, `?` or `#`; an `@` after that, or a second `@` in it,
+    means a password character was taken for a delimiter."""
+    rest = url.split("://", 1)[-1]
+    end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
+    authority, after = rest[:end], rest[end:]
+    if authority.count("@") > 1:
+        return "it holds more than one `@` before the host"
+    if "@" not in authority and "@" in after:
+        return "an `@` follows a `/`, `?` or `#` that would end the host"
+    return None
+
+
+# libpq reads connection parameters from a URL's query, where they override the authority.
+_OVERRIDING_PARAMS = ("host", "hostaddr", "port", "service", "dbname", "servicefile")
+# ... and from the environment, where these override what the URL leaves unsaid.
+_OVERRIDING_ENV = ("PGHOSTADDR", "PGSERVICE", "PGSERVICEFILE")
+
+
+def url_overrides(url: str, environ: Mapping[str, str]) -> CheckResult | None:
+    """A refusal when the URL's query or the environment would make libpq connect somewhere
+    other than the host, port and database the URL names (and the identity proof checks)."""
+    query = make_url(url).query
+    params = sorted(name for name in query if name.lower() in _OVERRIDING_PARAMS)
+    variables = [name for name in _OVERRIDING_ENV if environ.get(name)]
+    if not params and not variables:
+        return None
+    seen = [f"the URL's query sets {name}=…" for name in params]
+    seen += [f"${name} is set in the environment" for name in variables]
+    return failed(
+        Failure(
+            title="The connection would not go where the URL says: the run stopped before "
+            "connecting",
+            expected="host, port and database named only in the URL's authority and path",
+            seen="\n".join(seen) + "\n(libpq lets these override the host the identity proof "
+            "checks, e.g. ?host=/other/socket/dir connects to another server)",
+            remedy="Remove the query parameters and unset the variables named above; name the "
+            "host, port and database in the URL itself.",
+        )
+    )
+
+
+def connection_failure(exc: DBAPIError, masked: str, scrubber: Scrubber) -> CheckResult:
+    """A failed connection as a finding: what went wrong, in one line, and the fix."""
+    message = scrubber.scrub(" ".join(str(exc.orig or exc).split()))
+    sqlstate = getattr(exc.orig, "sqlstate", None) or ""
+    lowered = message.lower()
+    if sqlstate == "3D000" or "does not exist" in lowered:
+        title, remedy = "The database does not exist", "Check the database name in the URL."
+    elif sqlstate.startswith("28") or "authentication failed" in lowered:
+        title = "The server refused the credentials"
+        remedy = (
+            "Check the user and password in the URL; percent-encode the password "
+            "(`@` is `%40`, `:` is `%3A`, `/` is `%2F`, `%` is `%25`)."
+        )
+    elif "ssl" in lowered or "tls" in lowered:
+        title = "The TLS (SSL) handshake was refused"
+        remedy = "Match sslmode in the URL to what the server offers, or fix its certificate."
+    elif "timeout" in lowered or "timed out" in lowered:
+        title = "The server did not answer in time"
+        remedy = "Check that the host is reachable from here (VPN, firewall, port-forward)."
+    elif any(
+        text in lowered
+        for text in ("translate host name", "resolve host", "name or service not known")
+    ):
+        title = "The host name does not resolve"
+        remedy = "Check the host in the URL (and your DNS or VPN)."
+    elif "refused" in lowered or "no such file" in lowered or "could not connect" in lowered:
+        title = "No server accepts connections there"
+        remedy = "Check the host and port in the URL, and that the server is up."
+    else:
+        title = "The connection to the database failed"
+        remedy = "Check the URL and that the server is up and reachable."
+    return failed(
+        Failure(
+            title=f"{title}: the run stopped before any check",
+            expected=f"a connection to {masked}",
+            seen=message[:600],
+            remedy=remedy,
+        )
+    )
 
 
 def open_engine(url: str, kind: str, phase: str, limits: SessionLimits) -> Engine:
@@ -114,16 +212,32 @@ class ServerIdentity:
     server_port: int | None
     version: str
     read_only: bool
+    system_identifier: str | None = None  # None where the role may not read pg_control_system()
+
+    def as_json(self) -> dict[str, str | int | None]:
+        return {
+            "database": self.database,
+            "server_addr": self.server_addr,
+            "server_port": self.server_port,
+            "system_identifier": self.system_identifier,
+        }
 
 
 def read_identity(connection: Connection) -> ServerIdentity:
     row = connection.execute(
         text(
             "SELECT current_database(), host(inet_server_addr()), inet_server_port(),"
-            " current_setting('server_version'), current_setting('transaction_read_only')"
+            " current_setting('server_version'), current_setting('transaction_read_only'),"
+            " has_function_privilege('pg_control_system()', 'EXECUTE')"
         )
     ).one()
-    return ServerIdentity(row[0], row[1], row[2], row[3], row[4] == "on")
+    identifier = None
+    if row[5]:
+        identifier = str(
+            connection.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar()
+        )
+    connection.rollback()
+    return ServerIdentity(row[0], row[1], row[2], row[3], row[4] == "on", identifier)
 
 
 def _addresses(host: str) -> set[str]:
@@ -143,8 +257,14 @@ def prove_identity(
     expected_database: str,
     server_addr: tuple[str, ...],
     identity: ServerIdentity,
+    system_identifier: str | None = None,
+    *,
+    socket_allowed: bool = False,
 ) -> CheckResult:
-    """Host and database from the URL and from the server must match what the config expects."""
+    """Host and database from the URL and from the server must match what the config expects.
+
+    Over a unix socket the server shows no address: such a connection is proven only by the
+    cluster's system identifier (or allowed for a throwaway server this run started)."""
     parsed = make_url(url)
     url_host = (parsed.host or "").lower()
     problems = []
@@ -163,13 +283,25 @@ def prove_identity(
             f"the server says inet_server_addr() = {identity.server_addr}, "
             f"not an address of {expected_host} ({', '.join(sorted(allowed)) or 'unresolvable'})"
         )
+    if identity.server_addr is None and not (socket_allowed or system_identifier):
+        problems.append(
+            "the connection goes through a unix socket, where the server shows no address to "
+            "prove; set expect.system_identifier to prove it, or connect over TCP"
+        )
+    if system_identifier is not None and identity.system_identifier != system_identifier:
+        problems.append(
+            "the server's system identifier is "
+            f"{identity.system_identifier or '(not readable by this role)'}, "
+            f"expected {system_identifier}"
+        )
     evidence = Evidence(
         "identity",
         f"URL (masked): {mask_url(url)}\n"
         f"expected: host={expected_host} database={expected_database}\n"
         f"server: current_database()={identity.database} "
         f"inet_server_addr()={identity.server_addr or '(unix socket)'} "
-        f"port={identity.server_port} version={identity.version}",
+        f"port={identity.server_port} version={identity.version} "
+        f"system_identifier={identity.system_identifier or '(not readable)'}",
     )
     if problems:
         return failed(

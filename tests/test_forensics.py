@@ -468,12 +468,16 @@ def test_suite_names_the_revision_to_stamp_in_static_html(
 ) -> None:
     scenario_db.upgrade(CHAIN[1])
     scenario_db.execute(f"UPDATE alembic_version SET version_num = '{CHAIN[0]}'")
-    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    config = write_config(tmp_path, database=scenario_db.name)
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.2")["outcome"] == "failed"
     assert f"The schema matches revision {CHAIN[1]}, but alembic_version says" in run.output
-    # The upgrade's own "already exists" failure names the same revision.
-    assert f"the revision to stamp is {CHAIN[1]}" in run.output
+    # The state check is a pre-flight: the upgrade is not attempted, so the remedy it prints
+    # (stamp CHAIN[1]) still holds afterwards.
+    assert f"`alembic stamp {CHAIN[1]}` then `alembic upgrade head`" in run.output
+    upgrade = next(c for c in run.step("1.2")["checks"] if c["check"] == "test_upgrade_head")
+    assert upgrade["summary"].startswith("not attempted: preflight")
+    assert scenario_db.current() == (CHAIN[0],)
     html = run.artifact(".html").read_text()
     assert "schema matches revision</th><td>" + CHAIN[1] in html
     assert "<th>change</th><th>kind</th><th>name</th>" in html

@@ -21,11 +21,13 @@ from pytest_ledger_rollout.session import ServiceEndpoints
 
 from .support import (
     REFERENCE_BACKEND,
+    RELEASE,
     PhaseRun,
     RunPhase,
     ScenarioDb,
     cloned_database,
     require_prometheus,
+    write_signoff,
 )
 from .support import write_config as base_config
 
@@ -73,8 +75,25 @@ def prod_config(folder: Path, production: Production, extra: str = PILOT + GA) -
     )
 
 
-def run_prd(run_phase: RunPhase, config: Path, production: Production, phase: str) -> PhaseRun:
-    return run_phase(config, "--target=staging", url=production.db.url, phase=phase)
+PREDECESSOR = {"prd-pilot": "stg-roll", "prd-ga": "prd-pilot"}
+
+
+def run_prd(
+    run_phase: RunPhase,
+    config: Path,
+    production: Production,
+    phase: str,
+    *extra: str,
+    predecessor: bool = True,
+) -> PhaseRun:
+    """A PRD phase on the production-kind target, by default with a valid predecessor sign-off
+    (the chain step must pass before the phase reads anything)."""
+    chain: list[str] = []
+    if predecessor:
+        # A PASS and a GO: what either successor's chain step asks of its predecessor.
+        signoff = write_signoff(config.parent / "predecessor", PREDECESSOR[phase], decision="GO")
+        chain = [f"--predecessor={signoff}", f"--release={RELEASE}"]
+    return run_phase(config, "--target=staging", *chain, *extra, url=production.db.url, phase=phase)
 
 
 def outcomes(run: PhaseRun) -> dict[str, str]:
@@ -89,27 +108,34 @@ def test_pilot_on_production_reads_only_and_needs_its_predecessor(
     production: Production, tmp_path: Path, run_phase: RunPhase
 ) -> None:
     before = flag_rows(production)
-    run = run_prd(run_phase, prod_config(tmp_path, production), production, "prd-pilot")
+    config = prod_config(tmp_path, production)
+    run = run_prd(run_phase, config, production, "prd-pilot", predecessor=False)
     data = run.json()
     assert data["environment"]["read-only session"] == "yes"
     assert flag_rows(production) == before
     found = outcomes(run)
     assert found["3.0"] == "failed"
     assert "No valid stg-roll sign-off" in run.output
-    assert found["3.1"] == found["3.2"] == "passed"
-    # Evaluated now, the history (two days back) has no data: never GO.
-    assert found["3.3"] == "failed"
+    # After a failed chain step the phase reads nothing.
+    for step_id in ("3.1", "3.2", "3.3"):
+        assert found[step_id] == "not run"
+        assert run.step(step_id)["evidence"] == "not attempted: 3.0 failed"
     assert data["decision"] == "HOLD"
     assert "-> HOLD" in run.output
+    run = run_prd(run_phase, config, production, "prd-pilot")
+    found = outcomes(run)
+    assert found["3.0"] == found["3.1"] == found["3.2"] == "passed", run.output
+    # Evaluated now, the history (two days back) has no data: never GO.
+    assert found["3.3"] == "failed"
+    assert run.json()["decision"] == "HOLD"
+    assert flag_rows(production) == before
 
 
 def test_candidates_are_ranked_with_their_figures(
     production: Production, tmp_path: Path, run_phase: RunPhase
 ) -> None:
     config = prod_config(tmp_path, production)
-    run = run_phase(
-        config, "--target=staging", "--pilot-candidates=2", url=production.db.url, phase="prd-pilot"
-    )
+    run = run_prd(run_phase, config, production, "prd-pilot", "--pilot-candidates=2")
     evidence = run.step("3.1")["checks"][0]["evidence"]
     listing = next(e["body"] for e in evidence if e["label"].startswith("lowest-risk tenants"))
     assert listing.splitlines()[0].startswith("1. t-00") and "40 wallets" in listing
@@ -160,7 +186,7 @@ def test_ga_with_undeclared_enforcement_fails_4_1(
     run = run_prd(run_phase, prod_config(tmp_path, production), production, "prd-ga")
     found = outcomes(run)
     assert run.json()["environment"]["read-only session"] == "yes"
-    assert found["4.0"] == "failed" and "No valid prd-pilot sign-off" in run.output
+    assert found["4.0"] == "passed"
     assert found["4.1"] == "failed"
     # t-002 and t-003 have no flag rows of their own: the plan cannot revert them one by one.
     assert found["4.2"] == "failed"

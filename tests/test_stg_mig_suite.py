@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.session import MIGRATION_LOCK_KEY
+from pytest_ledger_rollout.session import PHASE_LOCK_KEY
 
 from .support import CHAIN, HEAD, RunPhase, ScenarioDb, write_config
 
@@ -20,7 +20,7 @@ from .support import CHAIN, HEAD, RunPhase, ScenarioDb, write_config
 def session_config(folder: Path, db: ScenarioDb, **limits: int) -> Path:
     """A staging config for ``db`` with [session] limits, and no app host."""
     session = "".join(f"{key} = {value}\n" for key, value in limits.items())
-    return write_config(folder, database=db.name, app_dir=None, extra=f"[session]\n{session}")
+    return write_config(folder, database=db.name, extra=f"[session]\n{session}")
 
 
 def test_staging_at_baseline_passes_every_step(
@@ -48,7 +48,9 @@ def test_two_heads_fail_step_1_1(
         "def upgrade():\n    pass\n\n\ndef downgrade():\n    pass\n"
     )
     config = write_config(
-        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini", app_dir=None
+        tmp_path,
+        database=scenario_db.name,
+        alembic_ini=backend_copy / "alembic.ini",
     )
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.result.ret == 1
@@ -63,7 +65,9 @@ def test_chain_differs_from_expected(
 ) -> None:
     expected = (CHAIN[0], "20251222_01_other_name", CHAIN[2])
     config = write_config(
-        tmp_path, database=scenario_db.name, expected_chain=expected, app_dir=None
+        tmp_path,
+        database=scenario_db.name,
+        expected_chain=expected,
     )
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.result.ret == 1
@@ -78,7 +82,7 @@ def test_missing_constraint_fails_step_1_3(
     scenario_db.execute(
         "ALTER TABLE reconciliation_findings DROP CONSTRAINT uq_recon_provider_event_type"
     )
-    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    config = write_config(tmp_path, database=scenario_db.name)
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.3")["outcome"] == "failed"
     assert "has no UNIQUE constraint over (provider, provider_event_id, finding_type)" in run.output
@@ -94,7 +98,7 @@ def test_unique_index_is_not_a_constraint(
         "CREATE UNIQUE INDEX uq_recon_idx ON reconciliation_findings"
         " (provider, provider_event_id, finding_type)",
     )
-    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    config = write_config(tmp_path, database=scenario_db.name)
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.3")["outcome"] == "failed"
     assert "has a unique index, not a UNIQUE constraint" in run.output
@@ -103,44 +107,73 @@ def test_unique_index_is_not_a_constraint(
     )
 
 
-def test_table_created_outside_alembic_explains_drift(
+def test_table_created_outside_alembic_stops_the_upgrade_before_it_runs(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
-    # Created by hand with the columns the migration would create: the pre-flight finds
-    # nothing against it, so the upgrade runs and fails on the existing table.
+    """The schema-state check is a pre-flight: a table made by hand is named, the upgrade is
+    not attempted, and alembic_version and the schema stay as they were."""
     scenario_db.execute(
         "CREATE TABLE reconciliation_findings"
         " (id bigint, provider text, provider_event_id text, finding_type text)"
     )
-    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    config = write_config(tmp_path, database=scenario_db.name)
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.2")["outcome"] == "failed"
-    output = run.output
-    assert "an object it creates already exists" in output
-    assert "alembic_version says abcd1234_ledgertables" in output
-    assert "reset the staging database, then a clean `alembic upgrade head`" in output
-    assert "`alembic stamp <rev>`" in output
-    # The failed upgrade was rolled back, and the smoke builds on 1.2, so it did not run.
+    checks = {c["check"]: c for c in run.step("1.2")["checks"]}
+    assert checks["test_schema_matches_claimed_revision"]["outcome"] == "failed"
+    upgrade = checks["test_upgrade_head"]
+    assert upgrade["outcome"] == "skipped"
+    assert upgrade["summary"] == (
+        "not attempted: preflight test_schema_matches_claimed_revision of 1.2 failed"
+    )
+    assert "extra table reconciliation_findings" in run.output
+    assert "alembic_version says abcd1234_ledgertables" in run.output
     assert scenario_db.current() == (CHAIN[0],)
+    assert scenario_db.scalar("SELECT to_regclass('ledger_entries') IS NOT NULL") is True
     assert run.step("1.4")["outcome"] == "not run"
+
+
+def _write_head_downgrade(backend_copy: Path, body: str) -> None:
+    head_file = backend_copy / "migrations" / "versions" / f"{HEAD}.py"
+    source = head_file.read_text()
+    head_file.write_text(
+        source.split("def downgrade() -> None:")[0] + f"def downgrade() -> None:\n{body}"
+    )
 
 
 def test_downgrade_that_does_nothing_fails_the_smoke(
     scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
 ) -> None:
-    head_file = backend_copy / "migrations" / "versions" / f"{HEAD}.py"
-    source = head_file.read_text()
-    head_file.write_text(
-        source.split("def downgrade() -> None:")[0] + "def downgrade() -> None:\n    pass\n"
-    )
+    # Not empty (the pre-flight lets it through), but it undoes nothing.
+    _write_head_downgrade(backend_copy, "    op.execute('SELECT 1')\n")
     config = write_config(
-        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini", app_dir=None
+        tmp_path,
+        database=scenario_db.name,
+        alembic_ini=backend_copy / "alembic.ini",
     )
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.2")["outcome"] == "passed"
     assert run.step("1.4")["outcome"] == "failed"
     assert "`alembic downgrade -1` changed no schema object" in run.output
     assert f"Fix the downgrade() of {HEAD}" in run.output
+
+
+def test_empty_downgrade_stops_the_smoke_before_it_runs(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    _write_head_downgrade(backend_copy, "    pass\n")
+    config = write_config(
+        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini"
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    smoke = run.step("1.4")
+    assert smoke["outcome"] == "failed"
+    assert "downgrade() is empty (pass)" in run.output
+    checks = {c["check"]: c for c in smoke["checks"]}
+    assert checks["test_downgrade_upgrade_smoke"]["summary"] == (
+        "not attempted: preflight test_upgraded_revisions_have_downgrades of 1.4 failed"
+    )
+    assert scenario_db.current() == (HEAD,)  # upgraded by 1.2, never downgraded
 
 
 def test_app_that_sees_another_database_fails_1_1(
@@ -201,26 +234,33 @@ def test_held_table_lock_fails_within_lock_timeout(
         holder.rollback()
         holder.close()
     assert run.step("1.1")["outcome"] == "failed"
-    assert run.step("1.2")["outcome"] == "failed"
+    assert run.step("1.2")["outcome"] == "not run"
+    assert run.step("1.2")["evidence"] == "not attempted: 1.1 failed"
     assert "canceling statement due to lock timeout" in run.output
     assert elapsed < 15, f"the run hung behind the lock for {elapsed:.1f}s"
 
 
-def test_second_run_waits_for_the_migration_lock_then_fails(
+def test_second_run_waits_for_the_phase_lock_then_fails_running_no_check(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
     config = session_config(tmp_path, scenario_db, migration_lock_wait_ms=500)
     other_run = scenario_db.engine.connect()
     other_run.execute(text("SET application_name = 'pytest-ledger-rollout/stg-mig'"))
-    other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PHASE_LOCK_KEY})
     other_run.commit()
     try:
+        started = time.monotonic()
         run = run_phase(config, "--target=staging", url=scenario_db.url)
+        waited = time.monotonic() - started
     finally:
         other_run.close()
-    assert run.step("1.2")["outcome"] == "failed"
-    assert "Another run holds this database's migration lock" in run.output
+    assert run.result.ret == 1
+    assert run.json()["verdict"] == "FAIL"
+    assert "Another run holds this database's phase lock: no check was run" in run.output
     assert "held by pid" in run.output and "pytest-ledger-rollout/stg-mig" in run.output
+    assert waited >= 0.5, f"gave up after {waited:.2f}s without waiting"
+    run.result.assert_outcomes()  # no check ran, not even a read
+    assert [s["outcome"] for s in run.json()["steps"]] == ["failed", *["not run"] * 3]
     assert scenario_db.current() == (CHAIN[0],)
 
 
@@ -258,24 +298,27 @@ def test_password_never_reaches_any_artifact(
 def test_concurrent_lock_holder_released_lets_the_run_proceed(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
-    """A second run waits briefly: a lock released within the wait is taken, not refused."""
-    config = session_config(tmp_path, scenario_db, migration_lock_wait_ms=5000)
+    """A second run waits: a lock released within the wait is taken, not refused."""
+    config = session_config(tmp_path, scenario_db, migration_lock_wait_ms=10000)
     other_run = scenario_db.engine.connect()
-    other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": MIGRATION_LOCK_KEY})
+    other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PHASE_LOCK_KEY})
     other_run.commit()
 
     def release() -> None:
-        other_run.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": MIGRATION_LOCK_KEY})
+        other_run.execute(text("SELECT pg_advisory_unlock(:key)"), {"key": PHASE_LOCK_KEY})
         other_run.commit()
 
-    releaser = threading.Timer(0.5, release)
+    releaser = threading.Timer(2.0, release)
     releaser.start()
     try:
+        started = time.monotonic()
         run = run_phase(config, "--target=staging", url=scenario_db.url)
+        took = time.monotonic() - started
     finally:
         releaser.join()
         other_run.close()
     assert run.json()["verdict"] == "PASS", run.output
+    assert took >= 2.0, "the run went ahead while another held the lock"
 
 
 def test_failed_preflight_stops_the_upgrade(
@@ -287,8 +330,11 @@ def test_failed_preflight_stops_the_upgrade(
         "INSERT INTO reconciliation_findings (provider, provider_event_id, finding_type)"
         " SELECT 'psp', 'evt-1', 'amount_mismatch' FROM generate_series(1, 2)"
     )
-    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    config = write_config(tmp_path, database=scenario_db.name)
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.2")["outcome"] == "failed"
-    assert "Not attempted: the pre-flight found problems" in run.output
+    upgrade = next(c for c in run.step("1.2")["checks"] if c["check"] == "test_upgrade_head")
+    assert upgrade["summary"] == (
+        "not attempted: preflight test_preflight_unique_holds_on_todays_rows of 1.2 failed"
+    )
     assert scenario_db.current() == (CHAIN[1],)

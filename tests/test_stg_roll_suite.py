@@ -187,9 +187,15 @@ def test_prometheus_down_fails_2_3(rehearsed: Rehearsed, tmp_path: Path, run_rol
         "2.1": "passed",
         "2.2": "passed",
         "2.3": "failed",
-        "2.4": "passed",
+        "2.4": "not run",  # its probes passed; the smoke writes only after 2.3 passed
     }
     assert "unreachable" in str(run.step("2.3")["evidence"]).lower() or "refused" in run.output
+    smoke = next(
+        c
+        for c in run.step("2.4")["checks"]
+        if c["check"] == "test_withdrawals_smoke_with_enforcement_on"
+    )
+    assert smoke["summary"] == "not attempted: 2.3 failed"
 
 
 def test_query_returning_nothing_fails_2_3(

@@ -7,7 +7,7 @@ from sqlalchemy import text
 from sqlalchemy.exc import InternalError, OperationalError
 
 from pytest_ledger_rollout.config import SessionLimits
-from pytest_ledger_rollout.session import TargetRefused, migration_lock
+from pytest_ledger_rollout.session import TargetRefused, require_destructive
 from pytest_ledger_rollout.targets import open_engine, prove_identity, read_identity
 
 from .support import ScenarioDb
@@ -41,11 +41,9 @@ def test_production_session_refuses_writes(scenario_db: ScenarioDb) -> None:
 
 
 def test_destructive_steps_are_refused_on_production(scenario_db: ScenarioDb) -> None:
-    engine = open_engine(scenario_db.url, "production", "prd-pilot", LIMITS)
-    refused = pytest.raises(TargetRefused, match="Destructive steps never run on a production")
-    with refused, migration_lock(engine, "production", 100):
-        pass
-    engine.dispose()
+    with pytest.raises(TargetRefused, match="Destructive steps never run on a production"):
+        require_destructive("production")
+    require_destructive("staging")
 
 
 def test_identity_from_server_must_match(scenario_db: ScenarioDb) -> None:

@@ -64,11 +64,15 @@ def test_missing_config_file(tmp_path: Path, run_phase: RunPhase) -> None:
 def test_phase_from_ini_and_command_line_wins(
     config: Path, run_phase: RunPhase, pytester: pytest.Pytester
 ) -> None:
-    pytester.makeini("[pytest]\nrollout_phase = stg-roll\nrollout_target = nowhere\n")
-    run = run_phase(config)  # --phase=stg-mig on the command line
-    assert run.result.ret == USAGE
-    # The phase came from the command line, the target from the ini file.
-    assert "unknown target 'nowhere'" in run.output
+    # Collected only: the header shows what each option resolved to, nothing connects.
+    pytester.makeini("[pytest]\nrollout_phase = prd-ga\nrollout_target = staging\n")
+    run = run_phase(config, "--collect-only", url="postgresql://u@127.0.0.1:5432/ledger")
+    assert run.result.ret == 0, run.output
+    # The phase came from the command line (stg-mig), the target from the ini file.
+    assert "ledger-rollout: phase=stg-mig target=staging (staging)" in run.output
+    assert "test_upgrade_head" in run.output and "test_pilot_decided_go" not in run.output
+    run = run_phase(config, "--collect-only", "--target=local")
+    assert "ledger-rollout: phase=stg-mig target=local (ephemeral)" in run.output
 
 
 @pytest.mark.parametrize(

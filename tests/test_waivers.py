@@ -11,7 +11,7 @@ from sqlalchemy import text
 
 from pytest_ledger_rollout.evidence import FAIL, PASS, CheckRecord, RunRecord
 from pytest_ledger_rollout.masking import Scrubber
-from pytest_ledger_rollout.phases import PHASES
+from pytest_ledger_rollout.phases import PHASES, Role
 from pytest_ledger_rollout.waivers import (
     WAIVED,
     WAIVED_NOT_RUN,
@@ -133,10 +133,14 @@ def test_missing_file(tmp_path: Path) -> None:
 
 
 def record_of(waivers: dict[str, Waiver], outcomes: dict[str, tuple[str, ...]]) -> RunRecord:
+    """The step's required checks take the given outcomes in order; the rest passed."""
     record = RunRecord(STG_MIG, "staging", "staging", Scrubber(), waivers=waivers)
-    for step_id, check_outcomes in outcomes.items():
-        for outcome in check_outcomes:
-            record.add(CheckRecord(f"check {step_id}", step_id, outcome, outcome))
+    for step in STG_MIG.steps:
+        required = step.required("staging")
+        given = outcomes[step.id]
+        for index, check in enumerate(required):
+            outcome = given[index] if index < len(given) else "passed"
+            record.add(CheckRecord(check.name, step.id, outcome, outcome, check=check.name))
     return record
 
 
@@ -168,7 +172,9 @@ def test_waiver_changes_only_assertion_failures_and_skips(
     assert (outcome.outcome, outcome.waiver) == (step, the_waiver)
     assert record.verdict() == verdict
     # A waived step is not a passed one: steps that build on it still do not run.
-    assert record.step_passed("1.3") == (step == "passed")
+    smoke = STG_MIG.step("1.4")
+    assert smoke is not None
+    assert (record.gate(smoke, Role.PREFLIGHT) is None) == (step == "passed")
 
 
 # --- phase runs on a real Postgres ----------------------------------------------------------
@@ -179,7 +185,7 @@ def misnamed_constraint_run(
 ) -> PhaseRun:
     """Only step 1.3 fails: the config expects the UNIQUE constraint under another name. (A
     dropped constraint would fail 1.2's schema forensics too, and so leave 1.4 not run.)"""
-    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    config = write_config(tmp_path, database=scenario_db.name)
     config.write_text(
         config.read_text().replace('"uq_recon_provider_event_type"', '"uq_recon_findings_key"')
     )
@@ -191,14 +197,17 @@ def test_active_waiver_turns_a_failed_step_into_waived(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
     expires = RUN_DAY + dt.timedelta(days=30)
-    run = misnamed_constraint_run(scenario_db, tmp_path, run_phase, waiver_yaml("1.3", expires))
+    # 1.4 builds on 1.3, and a waived step is not a passed one: the smoke is waived too.
+    waivers = waiver_yaml("1.3", expires) + waiver_yaml("1.4", expires, run=False)
+    run = misnamed_constraint_run(scenario_db, tmp_path, run_phase, waivers)
     assert run.result.ret == 0, run.output
     data = run.json()
     assert data["verdict"] == "PASS"
     step = run.step("1.3")
     assert step["outcome"] == "waived"
     assert step["evidence"] == "The UNIQUE constraint on reconciliation_findings has another name"
-    run.result.assert_outcomes(passed=12, skipped=1, xfailed=1)  # the waived check: exit 0
+    assert run.step("1.4")["outcome"] == "waived (not run)"
+    run.result.assert_outcomes(passed=11, skipped=2, xfailed=1)  # the waived check: exit 0
     assert step["waiver"] == {
         "justification": "INC-42: accepted until the next change window",
         "expiration_date": expires.isoformat(),
@@ -207,7 +216,7 @@ def test_active_waiver_turns_a_failed_step_into_waived(
         "expired": False,
     }
     assert {c["outcome"] for c in step["checks"]} >= {"failed"}
-    assert [s["outcome"] for s in data["steps"] if s["id"] != "1.3"] == ["passed"] * 3
+    assert [s["outcome"] for s in data["steps"] if s["id"] < "1.3"] == ["passed"] * 2
     note = (
         "INC-42: accepted until the next change window "
         f"(approved by j.doe (DBA lead), expires {expires})"
@@ -216,9 +225,27 @@ def test_active_waiver_turns_a_failed_step_into_waived(
     assert f"<td>{note}</td>" in html
     assert "failed (waived)</h3>" in html
     assert f"waiver: {note}" in run.output
-    assert "ledger-rollout verdict: stg-mig on staging (staging): PASS (waived: 1.3)" in run.output
+    assert (
+        "ledger-rollout verdict: stg-mig on staging (staging): PASS (waived: 1.3, 1.4)"
+        in run.output
+    )
     assert "waivers=waivers.yml sha256:" in run.output
     assert data["environment"]["waivers"].startswith("waivers.yml sha256:")
+
+
+def test_a_waived_step_does_not_open_the_steps_that_need_it(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    """1.4 needs 1.3: with 1.3's failure waived the smoke is not attempted, so the phase is
+    INCOMPLETE (exit 1), never a PASS on the strength of a waiver."""
+    expires = RUN_DAY + dt.timedelta(days=30)
+    run = misnamed_constraint_run(scenario_db, tmp_path, run_phase, waiver_yaml("1.3", expires))
+    assert run.result.ret == 1, run.output
+    assert run.json()["verdict"] == "INCOMPLETE"
+    smoke = run.step("1.4")
+    assert smoke["outcome"] == "not run"
+    assert smoke["evidence"] == "not attempted: 1.3 was waived"
+    assert "INCOMPLETE (waived: 1.3)" in run.output
 
 
 def test_expired_waiver_is_ignored_with_a_note(
@@ -239,7 +266,7 @@ def test_expired_waiver_is_ignored_with_a_note(
 def test_run_false_skips_the_step_and_it_counts_as_waived(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
-    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    config = write_config(tmp_path, database=scenario_db.name)
     path = waiver_file(tmp_path, waiver_yaml("1.4", RUN_DAY, run=False))
     run = run_phase(config, "--target=staging", f"--waivers={path}", url=scenario_db.url)
     assert run.result.ret == 0, run.output
@@ -259,7 +286,6 @@ def test_errors_in_waived_steps_still_fail(
     config = write_config(
         tmp_path,
         database=scenario_db.name,
-        app_dir=None,
         extra="[session]\nlock_timeout_ms = 300\nstatement_timeout_ms = 5000\n",
     )
     expires = RUN_DAY + dt.timedelta(days=1)

@@ -1,6 +1,7 @@
-"""STG-MIG migration forensics, before step 1.2's upgrade runs (this file sorts first within a
-step): which revision the schema really matches and the remedy, and what the pending upgrade
-will do (pre-flight); then drift at head (1.3) and the downgrades the smoke needs (1.4).
+"""STG-MIG migration forensics: the pre-flights of step 1.2's upgrade (which revision the schema
+really matches and the remedy, and what the pending upgrade will do), drift at head (1.3) and
+the downgrades the smoke needs (1.4's pre-flight). Their roles and order come from the step
+model in ``pytest_ledger_rollout.phases``.
 
 Read-only on the target: catalog queries and set-based SQL only."""
 
@@ -27,7 +28,7 @@ from pytest_ledger_rollout.forensics.remedy import (
 from pytest_ledger_rollout.forensics.snapshot import StaleSnapshot, history_for_run, walk_settings
 from pytest_ledger_rollout.migrations import AlembicProject
 from pytest_ledger_rollout.postgres import EphemeralUnavailable
-from pytest_ledger_rollout.results import DodFailure, Failure
+from pytest_ledger_rollout.results import DodFailure, Failure, passed
 from pytest_ledger_rollout.session import TargetSession
 
 
@@ -68,11 +69,16 @@ def test_schema_matches_claimed_revision(
     db: Connection,
     alembic_project: AlembicProject,
     history: History,
+    pending: PendingUpgrade,
     rollout_config: RolloutConfig,
     rollout_target: TargetSession,
     evidence: StepRecorder,
 ) -> None:
     """The schema is the one `alembic current` claims (else: which revision it matches)"""
+    if not pending.revisions:
+        # It guards the upgrade, and nothing is pending: at head, 1.3 judges the schema.
+        evidence.check(passed("nothing pending: at head, step 1.3 checks the schema for drift"))
+        return
     state = read_state(
         history,
         fingerprint(db),
@@ -90,7 +96,6 @@ def pending(alembic_project: AlembicProject, rollout_target: TargetSession) -> P
 
 
 @pytest.mark.dod("1.2")
-@pytest.mark.preflight
 def test_preflight_pending_ids_fit_version_table(
     db: Connection, pending: PendingUpgrade, evidence: StepRecorder
 ) -> None:
@@ -99,7 +104,6 @@ def test_preflight_pending_ids_fit_version_table(
 
 
 @pytest.mark.dod("1.2")
-@pytest.mark.preflight
 def test_preflight_unique_holds_on_todays_rows(
     db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
 ) -> None:
@@ -109,7 +113,6 @@ def test_preflight_unique_holds_on_todays_rows(
 
 
 @pytest.mark.dod("1.2")
-@pytest.mark.preflight
 def test_preflight_no_long_locks_on_large_tables(
     db: Connection, pending: PendingUpgrade, rollout_config: RolloutConfig, evidence: StepRecorder
 ) -> None:
@@ -122,7 +125,6 @@ def test_upgraded_revisions_have_downgrades(
     alembic_project: AlembicProject, pending: PendingUpgrade, evidence: StepRecorder
 ) -> None:
     """Before the smoke: the upgraded revisions and head have a downgrade"""
-    evidence.require("1.2")
     revisions = tuple(dict.fromkeys((*pending.revisions, *alembic_project.heads())))
     evidence.check(check_downgrades(alembic_project, revisions))
 
