@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import json
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from . import __version__
 from .masking import Scrubber
 from .phases import Phase, Role, Step
-from .results import Evidence
+from .provenance import RepositoryState
+from .results import Evidence, Failure
 from .waivers import Waiver, waived_outcome
 
 PASS, FAIL, INCOMPLETE, INTERRUPTED = "PASS", "FAIL", "INCOMPLETE", "INTERRUPTED"
@@ -34,6 +36,7 @@ class CheckRecord:
     message: str = ""
     role: Role = Role.PROBE
     check: str | None = None  # the packaged check it is (its function name); None: a team's own
+    failure: Failure | None = None  # what a failed check found, in the runbook's terms
 
 
 @dataclass(frozen=True)
@@ -59,6 +62,10 @@ class RunRecord:
     head: str = ""  # the migration head the run expects
     release: str | None = None
     identity: dict[str, Any] | None = None  # what the server said it is, once proven
+    operator: str = ""
+    started: dt.datetime | None = None
+    finished: dt.datetime | None = None
+    repositories: dict[str, RepositoryState | None] = field(default_factory=dict)
 
     @property
     def rehearsal(self) -> bool:
@@ -71,6 +78,13 @@ class RunRecord:
             Evidence(self.scrubber.scrub(e.label), self.scrubber.scrub(e.body))
             for e in record.evidence
         ]
+        if record.failure is not None:
+            scrub = self.scrubber.scrub
+            failure = record.failure
+            record.failure = Failure(
+                scrub(failure.title), scrub(failure.expected), scrub(failure.seen),
+                scrub(failure.remedy),
+            )  # fmt: skip
         self.checks.append(record)
 
     def step_outcomes(self) -> list[StepOutcome]:
@@ -179,6 +193,22 @@ class RunRecord:
             "head": self.head,
             "release": self.release,
             "identity": self.identity,
+            "operator": self.operator,
+            "started": _iso(self.started),
+            "finished": _iso(self.finished),
+            "duration_s": (
+                round((self.finished - self.started).total_seconds(), 3)
+                if self.started and self.finished
+                else None
+            ),
+            "repositories": {
+                name: state.as_json() if state else None
+                for name, state in self.repositories.items()
+            },
+            "counts": {
+                outcome: sum(c.outcome == outcome for c in self.checks)
+                for outcome in ("passed", "failed", "error", "skipped")
+            },
             "steps": [
                 {
                     "id": s.step.id,
@@ -194,6 +224,7 @@ class RunRecord:
                             "role": str(c.role),
                             "outcome": c.outcome,
                             "summary": c.summary,
+                            "failure": asdict(c.failure) if c.failure else None,
                             "message": c.message,
                             "evidence": [{"label": e.label, "body": e.body} for e in c.evidence],
                         }
@@ -204,6 +235,10 @@ class RunRecord:
             ],
             "environment": dict(self.environment),
         }
+
+
+def _iso(moment: dt.datetime | None) -> str | None:
+    return moment.isoformat(timespec="seconds") if moment else None
 
 
 def _describe(outcome: str) -> str:

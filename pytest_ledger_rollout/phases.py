@@ -17,6 +17,11 @@ TARGET_KINDS = (EPHEMERAL, STAGING, PRODUCTION)
 # Kinds on which upgrade / downgrade / stamp may ever run.
 DESTRUCTIVE_KINDS = frozenset({EPHEMERAL, STAGING})
 EVERY_KIND = frozenset(TARGET_KINDS)
+TARGET_WORDS = {
+    EPHEMERAL: "a throwaway Postgres (REHEARSAL)",
+    STAGING: "staging",
+    PRODUCTION: "production (read-only)",
+}
 
 
 class Role(enum.StrEnum):
@@ -63,7 +68,7 @@ class Step:
 @dataclass(frozen=True)
 class Phase:
     name: str
-    title: str
+    title: str  # with {target}: what the run is against, in words (see heading())
     allowed_kinds: frozenset[str]
     steps: tuple[Step, ...]  # every step is part of the phase's definition of done
     # An ephemeral target starts at the deployed revision for the migration gate (so the
@@ -74,6 +79,11 @@ class Phase:
     decides: bool = False  # ends with GO / HOLD / ROLLBACK (the pilot's OPS-02 decision)
     # The step a refused identity or a failed connection fails (else the run is only stopped).
     identity_step: str | None = None
+
+    def heading(self, target_kind: str) -> str:
+        """The phase's title for a run on a target of this kind: a rehearsal never says
+        staging or production."""
+        return self.title.format(target=TARGET_WORDS[target_kind])
 
     def session_kind(self, target_kind: str) -> str:
         """The safety policy a session gets: a production phase's is always production's."""
@@ -109,7 +119,7 @@ PHASES: dict[str, Phase] = {
     for phase in (
         Phase(
             "stg-mig",
-            "STG-MIG: verify migrations on staging Postgres",
+            "STG-MIG: verify migrations on {target}",
             frozenset({EPHEMERAL, STAGING}),
             (
                 Step(
@@ -146,7 +156,7 @@ PHASES: dict[str, Phase] = {
                 ),
                 Step(
                     "1.4",
-                    "Downgrade / upgrade smoke (staging only)",
+                    "Downgrade / upgrade smoke",
                     (
                         Check("test_upgraded_revisions_have_downgrades", Role.PREFLIGHT),
                         Check("test_downgrade_upgrade_smoke", Role.ACTION),
@@ -159,7 +169,7 @@ PHASES: dict[str, Phase] = {
         ),
         Phase(
             "stg-roll",
-            "STG-ROLL: staging rollout",
+            "STG-ROLL: rollout on {target}",
             frozenset({EPHEMERAL, STAGING}),
             (
                 Step(
@@ -214,7 +224,7 @@ PHASES: dict[str, Phase] = {
         ),
         Phase(
             "prd-pilot",
-            "PRD-PILOT: production pilot rollout",
+            "PRD-PILOT: pilot rollout on {target}",
             frozenset({EPHEMERAL, PRODUCTION}),
             (
                 Step(
@@ -250,7 +260,7 @@ PHASES: dict[str, Phase] = {
         ),
         Phase(
             "prd-ga",
-            "PRD-GA: gradual expansion",
+            "PRD-GA: gradual expansion on {target}",
             frozenset({EPHEMERAL, PRODUCTION}),
             (
                 Step(

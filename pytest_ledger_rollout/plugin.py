@@ -29,9 +29,10 @@ from .masking import Scrubber, mask_url
 from .metrics.server import PrometheusUnavailable
 from .phases import EPHEMERAL, PHASES, ROLE_ORDER, TEAM_ROLES, Phase, Role
 from .postgres import EphemeralUnavailable
+from .provenance import RepositoryState, repository_state
 from .rehearsal import RehearsalFailed, RehearsalPlan, rehearse_production, rehearse_stg_roll
-from .report import summary_html, terminal_lines, verdict_line
-from .results import DodFailure, Evidence
+from .report import check_counts, report_title, summary_html, terminal_lines, verdict_line
+from .results import DodFailure, Evidence, Failure
 from .session import TargetRefused, open_target_session, start_in_background
 from .state import (
     ITEM_EVIDENCE,
@@ -187,6 +188,9 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
         target_kind=target.kind,
         scrubber=scrubber,
         head=rollout.migrations.expected_chain[-1],
+        operator=_operator(),
+        started=started,
+        repositories=_repositories(rollout.migrations.alembic_ini, config_path),
     )
     record.environment.update(
         {
@@ -196,18 +200,26 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
             "config": f"{config_path.name} sha256:{rollout.sha256[:12]}",
             "alembic head (expected)": rollout.migrations.expected_chain[-1],
             "plugin version": __version__,
-            "operator": _operator(),
+            "operator": record.operator,
             "started (UTC)": started.isoformat(timespec="seconds"),
+            **{
+                f"{name} repository": state.describe() if state else "not a git checkout"
+                for name, state in record.repositories.items()
+            },
         }
     )
     if os.environ.get("CI_RUN_URL") or os.environ.get("GITHUB_RUN_ID"):
         record.environment["CI run"] = _ci_run_url()
     _load_waivers(config, record, started.date())
     release, _ = _option(config, "rollout_release")
-    release = release or ("rehearsal" if target.kind == EPHEMERAL else None)
-    if release:
-        record.environment["release"] = release
-        record.release = release
+    if not release and target.kind != EPHEMERAL:
+        raise pytest.UsageError(
+            f"target {target.name!r} is a {target.kind} target: its sign-off must name the "
+            "release it signs off; pass --release=RC (e.g. --release=2026.11.3) or set "
+            "rollout_release in the ini file"
+        )
+    record.release = release or "rehearsal"
+    record.environment["release"] = record.release
     predecessor, predecessor_base = _option(config, "rollout_predecessor")
     state = RunState(rollout, phase, target, record, scrubber, paths)
     if predecessor:
@@ -221,6 +233,15 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
         state.pilot_candidates = int(candidates)
     _require_writable(folder)
     return state
+
+
+def _repositories(alembic_ini: Path, config_path: Path) -> dict[str, RepositoryState | None]:
+    """The checkouts holding the migrations and the config; one entry when they are one."""
+    migrations = repository_state(alembic_ini.parent)
+    config = repository_state(config_path.parent)
+    if config == migrations:
+        return {"migrations and config": migrations}
+    return {"migrations": migrations, "config": config}
 
 
 def _require_writable(folder: Path) -> None:
@@ -435,7 +456,7 @@ def _refuse(state: RunState, refused: TargetRefused) -> NoReturn:
                 step_id=state.phase.identity_step,
                 outcome="failed",
                 summary=failure.title,
-                message=str(DodFailure(failure)),
+                failure=failure,
             )
         )
     pytest.exit(
@@ -470,6 +491,10 @@ def pytest_runtest_makereport(
     state = item.config.stash.get(RUN_STATE, None)
     if state is None:
         return report
+    finding = _finding(call)
+    if finding is not None and report.failed:
+        # The finding is the news; a traceback of the plugin's own code is not.
+        report.longrepr = str(DodFailure(finding))
     _scrub_report(report, state.scrubber)
     if ITEM_PLAN not in item.stash or not _is_final(report):
         return report
@@ -502,6 +527,7 @@ def pytest_runtest_makereport(
             message=report.longreprtext if report.failed else "",
             role=plan.role,
             check=plan.check.name if plan.check else None,
+            failure=finding,
         )
     )
     waiver = state.record.waivers.get(plan.step.id)
@@ -510,8 +536,12 @@ def pytest_runtest_makereport(
         # (exit 0 on PASS); the record above keeps it as a failure for the checklist.
         report.outcome = "skipped"
         report.wasxfail = f"waived: {waiver.describe()}"
-    _attach_evidence(report, item)
     return report
+
+
+def _finding(call: pytest.CallInfo[None]) -> Failure | None:
+    error = call.excinfo.value if call.excinfo is not None else None
+    return error.failure if isinstance(error, DodFailure) else None
 
 
 def _item_evidence(item: pytest.Item) -> list[Evidence]:
@@ -577,23 +607,6 @@ def _scrub_report(report: pytest.TestReport, scrubber: Scrubber) -> None:
     report.sections = [(title, scrubber.scrub(body)) for title, body in report.sections]
 
 
-def _attach_evidence(report: pytest.TestReport, item: pytest.Item) -> None:
-    evidence = _item_evidence(item)
-    if not evidence:
-        return
-    try:
-        from pytest_html import extras
-    except ImportError:
-        return
-    state = item.config.stash[RUN_STATE]
-    body = "\n\n".join(f"## {e.label}\n{e.body}" for e in evidence)
-    # pytest-html reads report.extras; pytest's TestReport does not declare it.
-    report.extras = [  # type: ignore[attr-defined]
-        *getattr(report, "extras", []),
-        extras.text(state.scrubber.scrub(body), "evidence"),
-    ]
-
-
 class SignoffHtml:
     """pytest-html hooks, registered only for a phase run (the hooks exist with pytest-html)."""
 
@@ -601,7 +614,7 @@ class SignoffHtml:
         self.state = state
 
     def pytest_html_report_title(self, report: Any) -> None:
-        report.title = f"Sign-off {self.state.phase.name} on {self.state.target.name}"
+        report.title = report_title(self.state.record)
 
     def pytest_html_results_summary(
         self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
@@ -621,8 +634,18 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
     if state is None or session.config.option.collectonly:
         return (yield)
     # Before pytest-html renders the sign-off: a run cut short never reads as a verdict.
-    if session.exitstatus in _CUT_SHORT and not state.record.aborted:
-        state.record.interrupted = _CUT_SHORT[pytest.ExitCode(session.exitstatus)]
+    record = state.record
+    if session.exitstatus in _CUT_SHORT and not record.aborted:
+        record.interrupted = _CUT_SHORT[pytest.ExitCode(session.exitstatus)]
+    record.finished = dt.datetime.now(dt.UTC)
+    assert record.started is not None
+    record.environment.update(
+        {
+            "finished (UTC)": record.finished.isoformat(timespec="seconds"),
+            "duration": f"{(record.finished - record.started).total_seconds():.1f} s",
+            "checks": check_counts(record.checks),
+        }
+    )
     result = yield
     state.paths.json.parent.mkdir(parents=True, exist_ok=True)
     write_json(state.record, state.paths.json)

@@ -26,6 +26,10 @@ class Failure:
     seen: str
     remedy: str
 
+    def blocks(self) -> tuple[tuple[str, str], ...]:
+        """The finding as an approver reads it: headed blocks, in this order."""
+        return (("Expected", self.expected), ("Seen", self.seen), ("What to do", self.remedy))
+
 
 @dataclass(frozen=True)
 class CheckResult:
@@ -55,13 +59,8 @@ class DodFailure(AssertionError):
         super().__init__(failure.title)
 
     def __str__(self) -> str:
-        blocks = [
-            ("Expected", self.failure.expected),
-            ("Seen", self.failure.seen),
-            ("What to do", self.failure.remedy),
-        ]
         lines = [self.failure.title]
-        for heading, body in blocks:
+        for heading, body in self.failure.blocks():
             lines.append(f"{heading}:")
             lines.extend(f"    {line}" for line in body.splitlines() or [""])
         return "\n".join(lines)

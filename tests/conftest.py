@@ -25,6 +25,7 @@ from pytest_ledger_rollout.postgres import (
 from .support import (
     CHAIN,
     REFERENCE_BACKEND,
+    RELEASE,
     PhaseRun,
     RunPhase,
     ScenarioDb,
@@ -95,6 +96,7 @@ def run_phase(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run
         url: str | None = None,
         phase: str = "stg-mig",
         reports: Path | None = None,
+        release: str | None = RELEASE,
     ) -> PhaseRun:
         if url is None:
             monkeypatch.delenv("DATABASE_URL", raising=False)
@@ -107,6 +109,7 @@ def run_phase(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> Run
             f"--signoff-dir={reports}",
             "-p",
             "no:cacheprovider",
+            *([f"--release={release}"] if release else []),
             *args,
         )
         return PhaseRun(result, reports, phase)

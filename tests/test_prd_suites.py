@@ -21,7 +21,6 @@ from pytest_ledger_rollout.session import ServiceEndpoints
 
 from .support import (
     REFERENCE_BACKEND,
-    RELEASE,
     PhaseRun,
     RunPhase,
     ScenarioDb,
@@ -92,7 +91,7 @@ def run_prd(
     if predecessor:
         # A PASS and a GO: what either successor's chain step asks of its predecessor.
         signoff = write_signoff(config.parent / "predecessor", PREDECESSOR[phase], decision="GO")
-        chain = [f"--predecessor={signoff}", f"--release={RELEASE}"]
+        chain = [f"--predecessor={signoff}"]
     return run_phase(config, "--target=staging", *chain, *extra, url=production.db.url, phase=phase)
 
 

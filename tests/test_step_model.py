@@ -14,7 +14,7 @@ import pytest
 
 from pytest_ledger_rollout.phases import PHASES, Role
 
-from .support import CHAIN, HEAD, REPO, PhaseRun, RunPhase, ScenarioDb, write_config
+from .support import CHAIN, HEAD, RELEASE, REPO, PhaseRun, RunPhase, ScenarioDb, write_config
 
 STG_MIG = PHASES["stg-mig"]
 ORDER = [check.name for step in STG_MIG.steps for check in step.checks]
@@ -170,7 +170,7 @@ def test_interrupted_run_signs_off_interrupted(
     reports = tmp_path / "reports"
     result = pytester.runpytest_subprocess(
         "--phase=stg-mig", "--target=staging", f"--rollout-config={config}",
-        f"--signoff-dir={reports}", "-p", "ctrl_c",
+        f"--signoff-dir={reports}", f"--release={RELEASE}", "-p", "ctrl_c",
     )  # fmt: skip
     run = PhaseRun(result, reports, "stg-mig")
     assert result.ret == pytest.ExitCode.INTERRUPTED, run.output
@@ -301,6 +301,7 @@ def test_two_runs_at_once_serialize_and_report_what_they_saw(
                 "--target=staging",
                 f"--rollout-config={config}",
                 f"--signoff-dir={tmp_path / f'run{index}'}",
+                f"--release={RELEASE}",
                 "-p",
                 "no:randomly",
                 "-q",

@@ -24,6 +24,14 @@ def test_unknown_target(config: Path, run_phase: RunPhase) -> None:
     assert "unknown target 'stagin': use one of local, staging" in run.output
 
 
+def test_staging_without_release_is_refused(config: Path, run_phase: RunPhase) -> None:
+    run = run_phase(config, "--target=staging", url="postgresql://u@127.0.0.1/ledger", release=None)
+    assert run.result.ret == USAGE
+    assert "target 'staging' is a staging target: its sign-off must name the release" in run.output
+    assert "pass --release=RC" in run.output
+    assert not run.reports.exists()
+
+
 def test_url_variable_unset(config: Path, run_phase: RunPhase) -> None:
     run = run_phase(config, "--target=staging", url=None)
     assert run.result.ret == USAGE

@@ -223,7 +223,7 @@ def test_active_waiver_turns_a_failed_step_into_waived(
     )
     html = run.artifact(".html").read_text()
     assert f"<td>{note}</td>" in html
-    assert "failed (waived)</h3>" in html
+    assert "failed (waived)</b>" in html
     assert f"waiver: {note}" in run.output
     assert (
         "ledger-rollout verdict: stg-mig on staging (staging): PASS (waived: 1.3, 1.4)"
