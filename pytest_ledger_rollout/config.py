@@ -75,6 +75,8 @@ class TargetConfig:
     prometheus_url: str | None = None  # where its metrics are queried (2.3, 3.3)
     webhook_secret_env: str = "LEDGER_WEBHOOK_SECRET"  # the smoke signs deposits with it
     ephemeral: EphemeralSettings | None = None  # only for kind = "ephemeral"
+    # Refuse the run when the role could write to the ledger or flags tables.
+    require_read_only_role: bool = False
 
 
 @dataclass(frozen=True)
@@ -159,6 +161,49 @@ class RolloutConfig:
         return next((t.name for t in self.targets.values() if t.kind == EPHEMERAL), None)
 
 
+# Comments, string literals (standard, E'' escape, dollar-quoted) and quoted identifiers: their
+# content is no SQL, so they are blanked before statements and keywords are looked for.
+_SQL_INERT = re.compile(
+    r"--[^\n]*|/\*.*?\*/|[eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\""
+    r"|(\$[A-Za-z_]*\$).*?\1",
+    re.DOTALL,
+)
+_SESSION_CONTROL = frozenset(
+    [
+        "ABORT",
+        "BEGIN",
+        "CHECKPOINT",
+        "COMMIT",
+        "DISCARD",
+        "DO",
+        "END",
+        "LISTEN",
+        "LOCK",
+        "PREPARE",
+        "RELEASE",
+        "RESET",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "SET",
+        "START",
+    ]
+)
+
+
+def session_control_problem(sql: str) -> str | None:
+    """Why ``sql`` may not run in a read-only production session, or None."""
+    statements = [s.strip() for s in _SQL_INERT.sub(" ", sql).split(";")]
+    statements = [s for s in statements if s]
+    if len(statements) != 1:
+        return f"{len(statements)} statements where one is allowed"
+    first = statements[0].split(None, 1)[0].upper()
+    if first in _SESSION_CONTROL:
+        return f"{first} is transaction or session control"
+    if re.search(r"\bset_config\s*\(", statements[0], re.IGNORECASE):
+        return "set_config() changes the session's settings"
+    return None
+
+
 class _Table:
     """A TOML table that remembers its dotted key, so errors name the exact key."""
 
@@ -193,6 +238,16 @@ class _Table:
             return None
         if not isinstance(value, str) or not value.strip():
             raise self.error(name, "must be a non-empty string")
+        return value
+
+    def sql(self, name: str, default: str | None = None) -> str | None:
+        """SQL the plugin runs on the target: one statement that cannot end, open or reconfigure
+        a transaction, so it cannot lift a production session's read-only mode."""
+        value = self.text(name, default)
+        if value is not None and (problem := session_control_problem(value)):
+            raise self.error(
+                name, f"{problem}: write one query (SELECT ...) with no transaction control or SET"
+            )
         return value
 
     def texts(self, name: str, required: bool = False) -> tuple[str, ...]:
@@ -372,7 +427,7 @@ def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
     if kind == EPHEMERAL:
         table.only(*common, *ephemeral_keys)
     else:
-        table.only(*common, *services, "expect")
+        table.only(*common, *services, "expect", "require_read_only_role")
     app_host = table.text("app_host")
     if app_host is not None and "://" not in app_host:
         raise table.error("app_host", "write the testinfra scheme, e.g. local:// or ssh://host")
@@ -390,6 +445,7 @@ def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
         prometheus_url=table.text("prometheus_url"),
         webhook_secret_env=str(table.text("webhook_secret_env", default="LEDGER_WEBHOOK_SECRET")),
         ephemeral=_ephemeral(table) if kind == EPHEMERAL else None,
+        require_read_only_role=table.boolean("require_read_only_role", False),
     )
 
 
@@ -446,7 +502,7 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
     path = table.text("path")
     source = FlagSourceConfig(
         kind=str(kind),
-        query=table.text("query", default=DEFAULT_FLAG_QUERY if kind == SQL else None),
+        query=table.sql("query", default=DEFAULT_FLAG_QUERY if kind == SQL else None),
         url=table.text("url", required=kind == HTTP),
         path=(base / path).resolve() if path else None,
     )

@@ -5,10 +5,11 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
 
@@ -88,23 +89,49 @@ def resolve_target(
     return ResolvedTarget(target, url)
 
 
+class ReadOnlyViolation(RuntimeError):
+    """A production transaction turned out not to be read-only: nothing more is sent."""
+
+
 def open_engine(url: str, kind: str, phase: str, limits: SessionLimits) -> Engine:
-    """Every session gets timeouts and names itself; production sessions are read-only."""
+    """Every session gets timeouts and names itself; production sessions are read-only in a
+    way their SQL cannot undo.
+
+    ``default_transaction_read_only`` alone is lifted by ``COMMIT; BEGIN READ WRITE`` in one
+    string, so a production session also prepares every statement (the extended protocol takes
+    one statement per call: a ``;`` cannot start a second) and opens each transaction itself as
+    ``READ ONLY``, checking that it is before anything else runs in it."""
     options = [
         f"-c statement_timeout={limits.statement_timeout_ms}",
         f"-c lock_timeout={limits.lock_timeout_ms}",
     ]
+    connect_args: dict[str, Any] = {
+        "application_name": f"pytest-ledger-rollout/{phase}",
+        "connect_timeout": 10,
+    }
     if kind == PRODUCTION:
         options.append("-c default_transaction_read_only=on")
-    return create_engine(
-        url,
-        pool_pre_ping=False,
-        connect_args={
-            "application_name": f"pytest-ledger-rollout/{phase}",
-            "options": " ".join(options),
-            "connect_timeout": 10,
-        },
-    )
+        connect_args["prepare_threshold"] = 0  # psycopg: prepare from the first execution
+    connect_args["options"] = " ".join(options)
+    engine = create_engine(url, pool_pre_ping=False, connect_args=connect_args)
+    if kind == PRODUCTION:
+        event.listen(engine, "begin", _begin_read_only)
+    return engine
+
+
+def _begin_read_only(connection: Connection) -> None:
+    connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+    assert_read_only(connection)
+
+
+def assert_read_only(connection: Connection) -> None:
+    """Raise unless the connection's current transaction is read-only."""
+    state = connection.exec_driver_sql("SELECT current_setting('transaction_read_only')")
+    if state.scalar_one() != "on":
+        raise ReadOnlyViolation(
+            "the production transaction is not read-only (transaction_read_only = off): "
+            "nothing was sent; connect through a role and server that allow read-only sessions"
+        )
 
 
 @dataclass(frozen=True)
@@ -186,3 +213,50 @@ def prove_identity(
             evidence,
         )
     return passed(f"connected to {mask_url(url)} (server {identity.version})", evidence)
+
+
+WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+
+def check_role_privileges(connection: Connection, tables: Sequence[str]) -> CheckResult:
+    """Whether the session's role could write to ``tables`` (the ledger's and the flags').
+
+    Read-only sessions hold however the role is granted; a role that cannot write is the
+    defence that holds even against a bug in this plugin, so a writable role is reported."""
+    rows = connection.execute(
+        text(
+            "SELECT t.name, string_agg(p.privilege, ', ' ORDER BY p.ord) AS privileges,"
+            " to_regclass(t.name) IS NULL AS missing"
+            " FROM unnest(CAST(:tables AS text[])) AS t(name)"
+            " CROSS JOIN unnest(CAST(:privileges AS text[])) WITH ORDINALITY AS p(privilege, ord)"
+            " WHERE to_regclass(t.name) IS NULL"
+            "    OR has_table_privilege(to_regclass(t.name), p.privilege)"
+            " GROUP BY t.name ORDER BY t.name"
+        ),
+        {"tables": list(tables), "privileges": list(WRITE_PRIVILEGES)},
+    ).all()
+    role = connection.execute(text("SELECT current_user")).scalar_one()
+    writable = [f"{row.name}: {row.privileges}" for row in rows if not row.missing]
+    missing = [row.name for row in rows if row.missing]
+    evidence = Evidence(
+        "role privileges",
+        f"role {role}; write privileges checked: {', '.join(WRITE_PRIVILEGES)} "
+        f"on {', '.join(tables)}\n"
+        + ("\n".join(writable) if writable else "no write privilege on any of them")
+        + (f"\nnot found (not checked): {', '.join(missing)}" if missing else ""),
+    )
+    if writable:
+        return failed(
+            Failure(
+                f"The role {role} can write to production tables",
+                expected=f"no {'/'.join(WRITE_PRIVILEGES)} privilege on {', '.join(tables)}",
+                seen="\n".join(writable),
+                remedy=(
+                    "Connect production targets through a read-only role (README, \"Production "
+                    "read-only and secrets\"): GRANT SELECT only, and REVOKE the write privileges "
+                    "listed."
+                ),
+            ),
+            evidence,
+        )
+    return passed(f"role {role} cannot write to {', '.join(tables)}", evidence)
