@@ -13,7 +13,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import ArgumentError
 
-from .config import RolloutConfig, SessionLimits, TargetConfig
+from .config import RolloutConfig, SessionLimits, TargetConfig, url_port_problem
 from .masking import mask_url
 from .phases import EPHEMERAL, PRODUCTION, Phase
 from .results import CheckResult, Evidence, Failure, failed, passed
@@ -81,6 +81,8 @@ def resolve_target(
             f"${target.database_url_env} is not a database URL "
             f"(expected postgresql://USER:PASSWORD@HOST:PORT/DB)"
         ) from None
+    if problem := url_port_problem(url):
+        raise TargetError(f"${target.database_url_env}: {problem}")
     if backend != "postgresql":
         raise TargetError(
             f"${target.database_url_env} points at {backend}, not PostgreSQL: the runbook's checks "
@@ -252,8 +254,8 @@ def check_role_privileges(connection: Connection, tables: Sequence[str]) -> Chec
                 expected=f"no {'/'.join(WRITE_PRIVILEGES)} privilege on {', '.join(tables)}",
                 seen="\n".join(writable),
                 remedy=(
-                    "Connect production targets through a read-only role (README, \"Production "
-                    "read-only and secrets\"): GRANT SELECT only, and REVOKE the write privileges "
+                    'Connect production targets through a read-only role (README, "Production '
+                    'read-only and secrets"): GRANT SELECT only, and REVOKE the write privileges '
                     "listed."
                 ),
             ),

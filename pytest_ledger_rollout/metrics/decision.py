@@ -18,6 +18,7 @@ for all pilot and control tenants, so 1,000 control tenants cost the same number
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -28,7 +29,7 @@ from string import Template
 from ..results import CheckResult, Evidence, Failure, failed, passed
 from .counts import RateComparison, WindowCounts, compare_rates
 from .prometheus import PrometheusClient, PrometheusError, iso_utc
-from .webhook_watch import _duration
+from .webhook_watch import _duration, check_rate_test, check_window, rose
 
 
 class Verdict(StrEnum):
@@ -111,17 +112,12 @@ class RateSignal:
     def __post_init__(self) -> None:
         _check_template(f"{self.name}.errors_query", self.errors_query, "$window", "$tenants")
         _check_template(f"{self.name}.requests_query", self.requests_query, "$window", "$tenants")
-        if self.min_requests < 1:
-            raise ValueError(f"{self.name}.min_requests must be >= 1: {self.min_requests}")
-        if self.max_ratio < 1:
-            raise ValueError(f"{self.name}.max_ratio must be >= 1: {self.max_ratio}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"{self.name}.alpha must be between 0 and 1: {self.alpha}")
+        check_rate_test(f"{self.name}.", self.min_requests, self.max_ratio, self.alpha)
         if self.action is Verdict.GO:
             raise ValueError(f"{self.name}.action must be HOLD or ROLLBACK")
 
     def breached(self, comparison: RateComparison) -> bool:
-        return comparison.ratio > self.max_ratio and comparison.p_value < self.alpha
+        return rose(comparison.ratio, comparison.p_value, self.max_ratio, self.alpha)
 
 
 @dataclass(frozen=True)
@@ -135,7 +131,7 @@ class MismatchSignal:
 
     def __post_init__(self) -> None:
         _check_template(f"{self.name}.query", self.query, "$window", "$tenants")
-        if self.max_count < 0:
+        if not 0 <= self.max_count < math.inf:
             raise ValueError(f"{self.name}.max_count must be >= 0: {self.max_count}")
 
 
@@ -154,9 +150,7 @@ class DecisionPolicy:
 
     def __post_init__(self) -> None:
         for name in ("window", "baseline_window"):
-            seconds = getattr(self, name).total_seconds()
-            if seconds < 1 or seconds != int(seconds):
-                raise ValueError(f"{name} must be a whole number of seconds >= 1: {seconds}")
+            check_window(name, getattr(self, name))
         _check_template("scrape_up_query", self.scrape_up_query, "$window")
         names = [*(s.name for s in self.rate_signals), self.balance_mismatch.name]
         if len(set(names)) != len(names):
@@ -385,7 +379,7 @@ def _mismatch_finding(signal: MismatchSignal, tenant: str, column: _Column) -> F
     except _NoData as gap:
         return _no_data(tenant, signal.name, str(gap))
     detail = f"{count} in {column.window.label}"
-    if count > signal.max_count:
+    if not count <= signal.max_count:
         return Finding(
             tenant, signal.name, Outcome.BREACH, Verdict.ROLLBACK, f"{detail} > {signal.max_count}"
         )
@@ -489,7 +483,7 @@ class _Reader:
         down = [
             f"{job}/{instance} (min up {value:g})"
             for (job, instance), value in ups.items()
-            if value < 1
+            if not value >= 1  # NaN is down
         ]
         return f"scrape target {_names(down)} down during {window.label}" if down else None
 
