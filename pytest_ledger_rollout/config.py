@@ -146,6 +146,12 @@ class GaConfig:
 
 
 @dataclass(frozen=True)
+class SignoffConfig:
+    signing_key: Path | None = None  # SSH private key: each sign-off JSON gets a .sig
+    allowed_signers: Path | None = None  # ssh-keygen allowed-signers: predecessors must verify
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     path: Path
     sha256: str
@@ -161,6 +167,7 @@ class RolloutConfig:
     pilot: PilotConfig = field(default_factory=lambda: PilotConfig())
     ga: GaConfig = field(default_factory=lambda: GaConfig())
     forensics: ForensicsConfig = field(default_factory=ForensicsConfig)
+    signoff: SignoffConfig = field(default_factory=SignoffConfig)
 
     def default_target(self) -> str | None:
         return next((t.name for t in self.targets.values() if t.kind == EPHEMERAL), None)
@@ -333,6 +340,7 @@ def load_config(path: Path) -> RolloutConfig:
         "forensics",
         "pilot",
         "ga",
+        "signoff",
     )
     base = path.parent
     targets_table = root.table("targets")
@@ -355,6 +363,7 @@ def load_config(path: Path) -> RolloutConfig:
         pilot=_pilot(root),
         ga=_ga(root),
         forensics=_forensics(root, base),
+        signoff=_signoff(root, base),
     )
 
 
@@ -397,6 +406,21 @@ def _unique(root: _Table) -> tuple[UniqueSpec, ...]:
             )
         )
     return tuple(specs)
+
+
+def _signoff(root: _Table, base: Path) -> SignoffConfig:
+    table = root.table("signoff", required=False)
+    if table is None:
+        return SignoffConfig()
+    table.only("signing_key", "allowed_signers")
+    files = {}
+    for name in ("signing_key", "allowed_signers"):
+        value = table.text(name)
+        if value is not None:
+            files[name] = (base / value).resolve()
+            if not files[name].is_file():
+                raise table.error(name, f"no such file: {files[name]}")
+    return SignoffConfig(**files)
 
 
 def _forensics(root: _Table, base: Path) -> ForensicsConfig:

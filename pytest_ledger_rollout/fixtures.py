@@ -157,6 +157,7 @@ def predecessor_signoff(request: pytest.FixtureRequest) -> CheckResult:
         head=state.config.migrations.expected_chain[-1],
         release=state.record.environment.get("release"),
         rehearsal=state.record.rehearsal,
+        identity=state.session.identity.as_json() if state.session else None,
         path=state.predecessor,
     )
 

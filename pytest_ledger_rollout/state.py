@@ -11,19 +11,13 @@ import pytest
 
 from .config import RolloutConfig
 from .evidence import RunRecord
+from .evidence import SignoffPaths as SignoffPaths  # moved to evidence; plugin.py imports it here
 from .masking import Scrubber
 from .phases import Phase
 from .postgres import EphemeralServer
 from .results import Evidence
 from .session import TargetSession
 from .targets import ResolvedTarget
-
-
-@dataclass(frozen=True)
-class SignoffPaths:
-    html: Path
-    json: Path
-    checksums: Path
 
 
 @dataclass

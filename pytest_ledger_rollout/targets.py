@@ -143,16 +143,30 @@ class ServerIdentity:
     server_port: int | None
     version: str
     read_only: bool
+    system_identifier: str | None = None  # the cluster's, where the role may read it
+
+    def as_json(self) -> dict[str, Any]:
+        """What a sign-off records, so that the next phase can prove it ran on the same
+        database."""
+        return {
+            "database": self.database,
+            "server_addr": self.server_addr,
+            "server_port": self.server_port,
+            "system_identifier": self.system_identifier,
+        }
 
 
 def read_identity(connection: Connection) -> ServerIdentity:
     row = connection.execute(
         text(
             "SELECT current_database(), host(inet_server_addr()), inet_server_port(),"
-            " current_setting('server_version'), current_setting('transaction_read_only')"
+            " current_setting('server_version'), current_setting('transaction_read_only'),"
+            # pg_control_system() is for superusers and pg_monitor: NULL, not an error, else.
+            " CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')"
+            " THEN (SELECT system_identifier::text FROM pg_control_system()) END"
         )
     ).one()
-    return ServerIdentity(row[0], row[1], row[2], row[3], row[4] == "on")
+    return ServerIdentity(row[0], row[1], row[2], row[3], row[4] == "on", row[5])
 
 
 def _addresses(host: str) -> set[str]:

@@ -28,6 +28,7 @@ from pytest_ledger_rollout.rehearsal import (
     wallets_for_traffic,
 )
 from pytest_ledger_rollout.session import ServiceEndpoints
+from pytest_ledger_rollout.targets import read_identity
 
 from .support import (
     REFERENCE_BACKEND,
@@ -126,7 +127,9 @@ def run_roll(
     monkeypatch.setenv(SECRET_ENV, rehearsed.endpoints.webhook_secret)
 
     def run(config: Path) -> PhaseRun:
-        stg_mig = write_signoff(config.parent / "signed", "stg-mig")  # the predecessor, verified
+        with rehearsed.db.engine.connect() as connection:  # the predecessor ran on this database
+            identity = read_identity(connection).as_json()
+        stg_mig = write_signoff(config.parent / "signed", "stg-mig", identity=identity)
         return run_phase(
             config,
             "--target=staging",
