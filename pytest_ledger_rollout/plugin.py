@@ -4,8 +4,11 @@ Thin by design: every decision lives in the domain modules; this file wires them
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import getpass
+import html
+import io
 import os
 from collections.abc import Generator
 from pathlib import Path
@@ -520,3 +523,79 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"ledger-rollout verdict: {verdict_line(state.record)}", bold=True)
+
+
+# --- Secrets and the HTML report: second lines of defence on pytest's own output paths -------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before pytest-html reads the environment and before any check: scrub what ``--debug``
+    and internal errors show from now on, escape every environment value for the HTML, and
+    know the webhook secret from the start (a crash before the target is up must not show it
+    either)."""
+    state = session.config.stash.get(RUN_STATE, None)
+    if state is None:
+        return
+    state.scrubber.register(os.environ.get(state.target.config.webhook_secret_env) or None)
+    session.config.pluginmanager.register(InternalErrorScrubber(state.scrubber))
+    tracer = session.config.trace.root
+    write = getattr(tracer, "_writer", None)  # pluggy keeps --debug's file writer only there
+    if write is not None:
+        tracer.setwriter(lambda text: write(state.scrubber.scrub(text)))
+        # What pytest wrote before (its header quotes the command line) is scrubbed at the end,
+        # after the last hook and before pytest closes the file.
+        debug_file = getattr(write, "__self__", None)
+        if isinstance(debug_file, io.TextIOWrapper):
+            session.config.add_cleanup(lambda: _scrub_open_file(debug_file, state.scrubber))
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    metadata = session.config.stash[metadata_key]
+    for key, value in metadata.items():
+        metadata[key] = _html_text(value, state.scrubber)
+
+
+def _scrub_open_file(handle: io.TextIOWrapper, scrubber: Scrubber) -> None:
+    handle.flush()
+    text = Path(handle.name).read_text(encoding="utf-8")
+    handle.seek(0)
+    handle.write(scrubber.scrub(text))
+    handle.truncate()
+
+
+def _html_text(value: object, scrubber: Scrubber) -> object:
+    """pytest-html puts environment values (and both sides of a dict's items) in the page with
+    innerHTML: escaped, a recorded value such as ``<img onerror=...>`` stays text. Scrubbed
+    too: pytest-metadata also prints them in the terminal header (-v)."""
+    if isinstance(value, dict):
+        return {_html_text(k, scrubber): _html_text(v, scrubber) for k, v in value.items()}
+    return html.escape(scrubber.scrub(str(value)))
+
+
+class InternalErrorScrubber:
+    """An internal error (the database down at the gate, with ``--showlocals``) shows locals
+    of library frames that hold the password in their own spelling (a libpq conninfo, a
+    truncated repr): the representation is scrubbed in place before the terminal, junit XML
+    or any other plugin renders it."""
+
+    def __init__(self, scrubber: Scrubber) -> None:
+        self.scrubber = scrubber
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_internalerror(self, excrepr: object) -> None:
+        _scrub_fields(excrepr, self.scrubber, set())
+
+
+def _scrub_fields(node: object, scrubber: Scrubber, seen: set[int]) -> object:
+    """``node`` with every string in it scrubbed; pytest's repr dataclasses in place."""
+    if isinstance(node, str):
+        return scrubber.scrub(node)
+    if isinstance(node, list | tuple):
+        return type(node)(_scrub_fields(item, scrubber, seen) for item in node)
+    if dataclasses.is_dataclass(node) and not isinstance(node, type) and id(node) not in seen:
+        seen.add(id(node))
+        for field in dataclasses.fields(node):
+            setattr(node, field.name, _scrub_fields(getattr(node, field.name), scrubber, seen))
+    return node

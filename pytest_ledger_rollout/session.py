@@ -57,7 +57,7 @@ class ServiceEndpoints:
 @dataclass
 class TargetSession:
     target: ResolvedTarget
-    url: str
+    url: str = field(repr=False)  # holds the password: never in a repr or --showlocals
     engine: Engine
     identity: ServerIdentity
     identity_result: CheckResult
@@ -129,7 +129,7 @@ def open_target_session(
         expected_host, expected_db = ephemeral.host, ephemeral.database
     else:
         assert target.url is not None
-        url = target.url
+        url = target.url.render_as_string(hide_password=False)
         expect = target.config.expect
         assert expect.host is not None and expect.database is not None
         expected_host, expected_db, server_addr = expect.host, expect.database, expect.server_addr

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .config import RolloutConfig, SessionLimits, TargetConfig, url_port_problem
@@ -26,7 +26,9 @@ class TargetError(ValueError):
 @dataclass(frozen=True)
 class ResolvedTarget:
     config: TargetConfig
-    url: str | None  # None for an ephemeral target until its server is started
+    # SQLAlchemy's URL never shows its password (repr, str): not in a traceback's locals, a
+    # debug log or a truncated repr. None for an ephemeral target until its server is started.
+    url: URL | None
 
     @property
     def name(self) -> str:
@@ -88,14 +90,14 @@ def resolve_target(
             f"${target.database_url_env} points at {backend}, not PostgreSQL: the runbook's checks "
             f"are only valid on Postgres (errors on {backend} are not a reference)"
         )
-    return ResolvedTarget(target, url)
+    return ResolvedTarget(target, make_url(url))
 
 
 class ReadOnlyViolation(RuntimeError):
     """A production transaction turned out not to be read-only: nothing more is sent."""
 
 
-def open_engine(url: str, kind: str, phase: str, limits: SessionLimits) -> Engine:
+def open_engine(url: str | URL, kind: str, phase: str, limits: SessionLimits) -> Engine:
     """Every session gets timeouts and names itself; production sessions are read-only in a
     way their SQL cannot undo.
 
@@ -181,7 +183,7 @@ def _addresses(host: str) -> set[str]:
 
 
 def prove_identity(
-    url: str,
+    url: str | URL,
     expected_host: str,
     expected_database: str,
     server_addr: tuple[str, ...],
