@@ -4,6 +4,8 @@ a report will be written."""
 from __future__ import annotations
 
 import datetime as dt
+import html
+import json
 import re
 from pathlib import Path
 
@@ -16,6 +18,8 @@ from pytest_ledger_rollout.evidence import (
     write_checksums,
     write_new,
 )
+
+from .support import RunPhase, ScenarioDb, write_config
 
 STARTED = dt.datetime(2026, 11, 28, 14, 5, 12, tzinfo=dt.UTC)
 
@@ -84,3 +88,26 @@ def test_staged_html_is_placed_without_following_a_planted_symlink(tmp_path: Pat
     place_staged(staged, final)
     assert final.read_text() == "<html>report</html>" and not final.is_symlink()
     assert [p.name for p in final.parent.iterdir()] == ["run.html"]
+
+
+XSS = "<img src=x onerror=alert(1)>"
+
+
+def test_no_recorded_value_becomes_markup_in_the_html_report(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    config = write_config(tmp_path, database=scenario_db.name)
+    run = run_phase(config, "--target=staging", f"--release={XSS}", url=scenario_db.url)
+    page = run.artifact(".html").read_text()
+    assert XSS not in page  # the static summary escapes what it shows
+    blob = re.search(r'data-jsonblob="([^"]*)"', page)
+    assert blob is not None
+    environment = json.loads(html.unescape(blob.group(1)))["environment"]
+    assert environment["ledger-rollout release"] == html.escape(XSS)
+    # pytest-html inserts each value (and each item of a dict value) with innerHTML.
+    inserted = [
+        str(item)
+        for value in environment.values()
+        for item in (value.items() if isinstance(value, dict) else [value])
+    ]
+    assert not [value for value in inserted if "<" in value or ">" in value]
