@@ -148,6 +148,7 @@ def _ssh_keygen(args: list[str], stdin: bytes) -> subprocess.CompletedProcess[by
             capture_output=True,
             timeout=_SIGN_TIMEOUT_S,
             check=False,
+            start_new_session=True,  # no terminal: a passphrase prompt fails at once, not hangs
         )
     except (OSError, subprocess.TimeoutExpired) as exc:
         raise SigningError(
