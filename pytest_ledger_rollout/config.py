@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .flags import FLAG_SOURCES, HTTP, SQL, FlagSourceConfig
+from .flags import FLAG_SOURCES, FLAGS_TABLE, HTTP, SQL, FlagSourceConfig
 from .ledger import LedgerTables
 from .metrics.decision import DEFAULT_POLICY, DecisionPolicy, Verdict
 from .metrics.webhook_watch import DEFAULT_THRESHOLDS, MAX_WINDOW_S, WebhookWatchThresholds
@@ -33,7 +33,7 @@ ROLLOUT_FLAGS = (
     "webhook_signature_enforced",
     "ledger_enforce_balance",
 )
-DEFAULT_FLAG_QUERY = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM feature_flags"
+DEFAULT_FLAG_QUERY = f"SELECT key, tenant_id AS tenant, enabled, changed_at FROM {FLAGS_TABLE}"
 DEFAULT_FLAG_SOURCE = FlagSourceConfig(SQL, query=DEFAULT_FLAG_QUERY)
 BIGINT_MAX = 2**63 - 1  # what a Postgres bigint parameter holds
 INT_MAX = 2**31 - 1  # Postgres' limit for statement_timeout and lock_timeout (ms)

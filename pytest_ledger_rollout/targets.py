@@ -14,6 +14,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError
 
 from .config import RolloutConfig, SessionLimits, TargetConfig, url_port_problem
+from .flags import FLAGS_TABLE
 from .masking import mask_url
 from .phases import EPHEMERAL, PRODUCTION, Phase
 from .results import CheckResult, Evidence, Failure, failed, passed
@@ -234,6 +235,11 @@ def prove_identity(
 
 
 WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+
+def write_guarded_tables(config: RolloutConfig) -> tuple[str, ...]:
+    """The tables a production role must not be able to write: the ledger's and the flags'."""
+    return (config.ledger.wallets, config.ledger.entries, FLAGS_TABLE)
 
 
 def check_role_privileges(connection: Connection, tables: Sequence[str]) -> CheckResult:

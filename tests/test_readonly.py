@@ -26,9 +26,10 @@ from pytest_ledger_rollout.targets import (
     check_role_privileges,
     open_engine,
     resolve_target,
+    write_guarded_tables,
 )
 
-from .support import RunPhase, ScenarioDb, write_config
+from .support import REPO, RunPhase, ScenarioDb, write_config
 
 LIMITS = SessionLimits(statement_timeout_ms=5000, lock_timeout_ms=1000)
 FLAGS = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM feature_flags"
@@ -146,7 +147,7 @@ def test_a_production_session_that_is_not_read_only_is_refused_before_any_check(
         open_target_session(config, target, phase, Scrubber(), stack)
 
 
-TABLES = ("wallets", "ledger_entries", "feature_flags")
+TABLES = write_guarded_tables(load_config(REPO / "rollout.toml"))
 
 
 def test_role_privileges_report_a_role_that_can_write(seeded: ScenarioDb) -> None:
