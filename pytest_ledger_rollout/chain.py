@@ -302,14 +302,14 @@ def _schema(signoff: dict[str, Any]) -> list[Refusal]:
     phase = PHASES.get(signoff["phase"])
     if phase is None:
         return [Refusal(f"unknown phase {signoff['phase']!r}", _FORGED)]
-    steps = {s.get("id"): s for s in signoff["steps"] if isinstance(s, dict)}
+    steps = {s["id"]: s for s in signoff["steps"] if isinstance(s, dict) and _text(s.get("id"))}
     problems = []
     for step in phase.steps:
         recorded = steps.get(step.id)
         if recorded is None:
             problems.append(f"step {step.id} missing")
         elif not _step_held(recorded):
-            problems.append(f"step {step.id} {recorded.get('outcome') or '(no outcome)'}")
+            problems.append(f"step {step.id} {recorded.get('outcome')!s:.40}")
     if problems:
         return [
             Refusal(
@@ -321,9 +321,14 @@ def _schema(signoff: dict[str, Any]) -> list[Refusal]:
     return []
 
 
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)
+
+
 def _step_held(step: dict[str, Any]) -> bool:
     checks = step.get("checks")
-    outcomes = [c.get("outcome") for c in checks if isinstance(c, dict)] if checks else []
+    recorded = checks if isinstance(checks, list) else []
+    outcomes = [c["outcome"] for c in recorded if isinstance(c, dict) and _text(c.get("outcome"))]
     if step.get("outcome") == "passed":
         return "passed" in outcomes and not {"failed", "error"} & set(outcomes)
     if step.get("outcome") == WAIVED:  # its checks ran; an assertion failure was waived

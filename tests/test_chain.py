@@ -285,3 +285,17 @@ def test_signoff_keys_are_files_relative_to_the_config(
     missing = write_config(tmp_path, database="x", extra='[signoff]\nsigning_key = "nope"\n')
     with pytest.raises(ConfigError, match=r"signoff\.signing_key: no such file"):
         load_config(missing)
+
+
+@pytest.mark.parametrize(
+    "steps",
+    [
+        [{"id": ["3.0"], "outcome": "passed"}],
+        [{"id": "3.0", "outcome": "passed", "checks": 7}],
+        [{"id": "3.0", "outcome": ["passed"], "checks": [{"outcome": {"x": 1}}]}],
+        ["3.0", None, 1.5],
+    ],
+)
+def test_a_hostile_steps_list_is_refused_not_a_crash(tmp_path: Path, steps: Any) -> None:
+    write_signoff(tmp_path, "stg-roll", steps=steps)
+    assert "not every step passed: step 2.0" in refusal(check(tmp_path))
