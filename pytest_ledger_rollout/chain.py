@@ -26,6 +26,7 @@ from .waivers import WAIVED
 GO = "GO"
 SIGNATURE_NAMESPACE = "pytest-ledger-rollout"  # ssh-keygen -Y's namespace for sign-offs
 _SIGN_TIMEOUT_S = 30
+MAX_SIGNOFF_BYTES = 64 << 20  # a sign-off with all its evidence is a few MB; read no more
 
 
 @dataclass(frozen=True)
@@ -260,8 +261,12 @@ def check_predecessor(
 
 def _load(path: Path) -> dict[str, Any] | Refusal:
     try:
-        document = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SIGNOFF_BYTES + 1)
+        if len(raw) > MAX_SIGNOFF_BYTES:
+            raise ValueError(f"larger than {MAX_SIGNOFF_BYTES} bytes")
+        document = json.loads(raw)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
         document = f"{type(exc).__name__}: {exc}"
     if isinstance(document, dict):
         return document

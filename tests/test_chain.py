@@ -299,3 +299,15 @@ def test_signoff_keys_are_files_relative_to_the_config(
 def test_a_hostile_steps_list_is_refused_not_a_crash(tmp_path: Path, steps: Any) -> None:
     write_signoff(tmp_path, "stg-roll", steps=steps)
     assert "not every step passed: step 2.0" in refusal(check(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [("[" * 100_000 + "]" * 100_000, "RecursionError"), ("{", "JSONDecodeError")],
+)
+def test_a_hostile_json_is_refused_not_a_crash(tmp_path: Path, content: str, reason: str) -> None:
+    signoff = write_signoff(tmp_path, "stg-roll")
+    signoff.write_text(content)
+    signoff.with_suffix(".sha256").unlink()
+    write_checksums([signoff], signoff.with_suffix(".sha256"))
+    assert f"not a sign-off JSON object ('{reason}" in refusal(check(tmp_path))

@@ -111,3 +111,20 @@ def test_no_recorded_value_becomes_markup_in_the_html_report(
         for item in (value.items() if isinstance(value, dict) else [value])
     ]
     assert not [value for value in inserted if "<" in value or ">" in value]
+
+
+def test_a_run_never_writes_through_a_symlink_planted_at_its_report_name(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    """Names carry the start second: a symlink is planted for every second the run may start."""
+    reports, victim = tmp_path / "reports", tmp_path / "victim"
+    reports.mkdir()
+    victim.write_text("precious")
+    now = dt.datetime.now(dt.UTC)
+    for second in range(-2, 30):
+        stamp = f"{now + dt.timedelta(seconds=second):%Y%m%dT%H%M%SZ}"
+        (reports / f"stg-mig-staging-{stamp}.json").symlink_to(victim)
+    config = write_config(tmp_path, database=scenario_db.name)
+    run = run_phase(config, "--target=staging", url=scenario_db.url, reports=reports)
+    assert "already exists (a file or a symlink): a sign-off never overwrites one" in run.output
+    assert victim.read_text() == "precious"
