@@ -122,7 +122,7 @@ def _cut_lengths(text: str, mark: re.Match[str], forms: Iterable[str]) -> tuple[
 class Scrubber:
     """Masks URLs and every registered secret in any text handed to it."""
 
-    secrets: set[str] = field(default_factory=set)
+    secrets: set[str] = field(default_factory=set, repr=False)  # a repr is no place for them
     _pattern: re.Pattern[str] | None = field(default=None, init=False, repr=False)
     _forms: set[str] = field(default_factory=set, init=False, repr=False)
 
