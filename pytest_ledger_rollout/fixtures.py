@@ -159,6 +159,7 @@ def predecessor_signoff(request: pytest.FixtureRequest) -> CheckResult:
         rehearsal=state.record.rehearsal,
         identity=state.session.identity.as_json() if state.session else None,
         path=state.predecessor,
+        allowed_signers=state.config.signoff.allowed_signers,
     )
 
 
