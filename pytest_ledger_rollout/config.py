@@ -7,6 +7,7 @@ error before anything connects.
 from __future__ import annotations
 
 import hashlib
+import math
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -14,11 +15,12 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit
 
-from .flags import FLAG_SOURCES, HTTP, SQL, FlagSourceConfig
+from .flags import FLAG_SOURCES, FLAGS_TABLE, HTTP, SQL, FlagSourceConfig
 from .ledger import LedgerTables
 from .metrics.decision import DEFAULT_POLICY, DecisionPolicy, Verdict
-from .metrics.webhook_watch import DEFAULT_THRESHOLDS, WebhookWatchThresholds
+from .metrics.webhook_watch import DEFAULT_THRESHOLDS, MAX_WINDOW_S, WebhookWatchThresholds
 from .phases import EPHEMERAL, TARGET_KINDS
 from .pilot import RiskCriteria
 from .postgres import EphemeralSettings
@@ -31,8 +33,11 @@ ROLLOUT_FLAGS = (
     "webhook_signature_enforced",
     "ledger_enforce_balance",
 )
-DEFAULT_FLAG_QUERY = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM feature_flags"
+DEFAULT_FLAG_QUERY = f"SELECT key, tenant_id AS tenant, enabled, changed_at FROM {FLAGS_TABLE}"
 DEFAULT_FLAG_SOURCE = FlagSourceConfig(SQL, query=DEFAULT_FLAG_QUERY)
+BIGINT_MAX = 2**63 - 1  # what a Postgres bigint parameter holds
+INT_MAX = 2**31 - 1  # Postgres' limit for statement_timeout and lock_timeout (ms)
+MAX_DAYS = 36_500  # a century of history; an interval of more overflows sooner or later
 
 
 class ConfigError(ValueError):
@@ -78,6 +83,8 @@ class TargetConfig:
     prometheus_url: str | None = None  # where its metrics are queried (2.3, 3.3)
     webhook_secret_env: str = "LEDGER_WEBHOOK_SECRET"  # the smoke signs deposits with it
     ephemeral: EphemeralSettings | None = None  # only for kind = "ephemeral"
+    # Refuse the run when the role could write to the ledger or flags tables.
+    require_read_only_role: bool = False
 
 
 @dataclass(frozen=True)
@@ -142,6 +149,12 @@ class GaConfig:
 
 
 @dataclass(frozen=True)
+class SignoffConfig:
+    signing_key: Path | None = None  # SSH private key: each sign-off JSON gets a .sig
+    allowed_signers: Path | None = None  # ssh-keygen allowed-signers: predecessors must verify
+
+
+@dataclass(frozen=True)
 class RolloutConfig:
     path: Path
     sha256: str
@@ -157,9 +170,62 @@ class RolloutConfig:
     pilot: PilotConfig = field(default_factory=lambda: PilotConfig())
     ga: GaConfig = field(default_factory=lambda: GaConfig())
     forensics: ForensicsConfig = field(default_factory=ForensicsConfig)
+    signoff: SignoffConfig = field(default_factory=SignoffConfig)
 
     def default_target(self) -> str | None:
         return next((t.name for t in self.targets.values() if t.kind == EPHEMERAL), None)
+
+
+# Comments, string literals (standard, E'' escape, dollar-quoted) and quoted identifiers: their
+# content is no SQL, so they are blanked before statements and keywords are looked for.
+_SQL_INERT = re.compile(
+    r"--[^\n]*|/\*.*?\*/|[eE]'(?:[^'\\]|\\.|'')*'|'(?:[^']|'')*'|\"(?:[^\"]|\"\")*\""
+    r"|(\$[A-Za-z_]*\$).*?\1",
+    re.DOTALL,
+)
+_SESSION_CONTROL = frozenset(
+    [
+        "ABORT",
+        "BEGIN",
+        "CHECKPOINT",
+        "COMMIT",
+        "DISCARD",
+        "DO",
+        "END",
+        "LISTEN",
+        "LOCK",
+        "PREPARE",
+        "RELEASE",
+        "RESET",
+        "ROLLBACK",
+        "SAVEPOINT",
+        "SET",
+        "START",
+    ]
+)
+
+
+def url_port_problem(url: str) -> str | None:
+    """Why the port in ``url`` is impossible, or None (no port, or 1..65535)."""
+    try:
+        port = urlsplit(url).port
+    except ValueError as exc:
+        return f"invalid URL ({exc}): write a port in 1..65535"
+    return "port 0 is not a port: write a port in 1..65535" if port == 0 else None
+
+
+def session_control_problem(sql: str) -> str | None:
+    """Why ``sql`` may not run in a read-only production session, or None."""
+    statements = [s.strip() for s in _SQL_INERT.sub(" ", sql).split(";")]
+    statements = [s for s in statements if s]
+    if len(statements) != 1:
+        return f"{len(statements)} statements where one is allowed"
+    first = statements[0].split(None, 1)[0].upper()
+    if first in _SESSION_CONTROL:
+        return f"{first} is transaction or session control"
+    if re.search(r"\bset_config\s*\(", statements[0], re.IGNORECASE):
+        return "set_config() changes the session's settings"
+    return None
 
 
 class _Table:
@@ -198,6 +264,16 @@ class _Table:
             raise self.error(name, "must be a non-empty string")
         return value
 
+    def sql(self, name: str, default: str | None = None) -> str | None:
+        """SQL the plugin runs on the target: one statement that cannot end, open or reconfigure
+        a transaction, so it cannot lift a production session's read-only mode."""
+        value = self.text(name, default)
+        if value is not None and (problem := session_control_problem(value)):
+            raise self.error(
+                name, f"{problem}: write one query (SELECT ...) with no transaction control or SET"
+            )
+        return value
+
     def texts(self, name: str, required: bool = False) -> tuple[str, ...]:
         value = self.data.get(name)
         if value is None:
@@ -208,22 +284,33 @@ class _Table:
             raise self.error(name, "must be a list of non-empty strings")
         return tuple(value)
 
-    def positive_int(self, name: str, default: int) -> int:
-        value = self.data.get(name, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-            raise self.error(name, "must be a positive integer")
-        return value
+    def positive_int(self, name: str, default: int, maximum: int = BIGINT_MAX) -> int:
+        return self._int(name, default, 1, maximum)
 
-    def count(self, name: str, default: int) -> int:
+    def count(self, name: str, default: int, maximum: int = BIGINT_MAX) -> int:
+        return self._int(name, default, 0, maximum)
+
+    def _int(self, name: str, default: int, minimum: int, maximum: int) -> int:
+        # Bounded above too: the values reach Postgres parameters and datetime arithmetic.
         value = self.data.get(name, default)
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise self.error(name, "must be an integer >= 0")
+        if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
+            raise self.error(name, f"must be a whole number in {minimum}..{maximum}, not {value!r}")
         return value
 
     def number(self, name: str) -> float | None:
         value = self.data.get(name)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, int | float)):
+        if value is None:
+            return None
+        if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, "must be a number")
+        if not math.isfinite(value):  # TOML spells nan and inf; neither is a threshold
+            raise self.error(name, f"must be a finite number, not {value}")
+        return value
+
+    def url(self, name: str, required: bool = False) -> str | None:
+        value = self.text(name, required=required)
+        if value is not None and (problem := url_port_problem(value)):
+            raise self.error(name, problem)
         return value
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -256,6 +343,7 @@ def load_config(path: Path) -> RolloutConfig:
         "forensics",
         "pilot",
         "ga",
+        "signoff",
     )
     base = path.parent
     targets_table = root.table("targets")
@@ -278,6 +366,7 @@ def load_config(path: Path) -> RolloutConfig:
         pilot=_pilot(root),
         ga=_ga(root),
         forensics=_forensics(root, base),
+        signoff=_signoff(root, base),
     )
 
 
@@ -322,6 +411,21 @@ def _unique(root: _Table) -> tuple[UniqueSpec, ...]:
     return tuple(specs)
 
 
+def _signoff(root: _Table, base: Path) -> SignoffConfig:
+    table = root.table("signoff", required=False)
+    if table is None:
+        return SignoffConfig()
+    table.only("signing_key", "allowed_signers")
+    files = {}
+    for name in ("signing_key", "allowed_signers"):
+        value = table.text(name)
+        if value is not None:
+            files[name] = (base / value).resolve()
+            if not files[name].is_file():
+                raise table.error(name, f"no such file: {files[name]}")
+    return SignoffConfig(**files)
+
+
 def _forensics(root: _Table, base: Path) -> ForensicsConfig:
     table = root.table("forensics", required=False)
     if table is None:
@@ -350,16 +454,11 @@ def _session(root: _Table) -> SessionLimits:
     table = root.table("session", required=False)
     if table is None:
         return SessionLimits()
-    table.only("statement_timeout_ms", "lock_timeout_ms", "migration_lock_wait_ms")
+    names = ("statement_timeout_ms", "lock_timeout_ms", "migration_lock_wait_ms")
+    table.only(*names)
     defaults = SessionLimits()
     return SessionLimits(
-        statement_timeout_ms=table.positive_int(
-            "statement_timeout_ms", defaults.statement_timeout_ms
-        ),
-        lock_timeout_ms=table.positive_int("lock_timeout_ms", defaults.lock_timeout_ms),
-        migration_lock_wait_ms=table.positive_int(
-            "migration_lock_wait_ms", defaults.migration_lock_wait_ms
-        ),
+        **{name: table.positive_int(name, getattr(defaults, name), INT_MAX) for name in names}
     )
 
 
@@ -375,8 +474,8 @@ def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
     if kind == EPHEMERAL:
         table.only(*common, *ephemeral_keys)
     else:
-        table.only(*common, *services, "expect")
-    app_host = table.text("app_host")
+        table.only(*common, *services, "expect", "require_read_only_role")
+    app_host = table.url("app_host")
     if app_host is not None and "://" not in app_host:
         raise table.error("app_host", "write the testinfra scheme, e.g. local:// or ssh://host")
     app_dir = table.text("app_dir")
@@ -389,10 +488,11 @@ def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
         expect=_expectation(table) if kind != EPHEMERAL else Expectation(),
         app_host=app_host,
         app_dir=app_dir,
-        service_url=table.text("service_url"),
-        prometheus_url=table.text("prometheus_url"),
+        service_url=table.url("service_url"),
+        prometheus_url=table.url("prometheus_url"),
         webhook_secret_env=str(table.text("webhook_secret_env", default="LEDGER_WEBHOOK_SECRET")),
         ephemeral=_ephemeral(table) if kind == EPHEMERAL else None,
+        require_read_only_role=table.boolean("require_read_only_role", False),
     )
 
 
@@ -457,8 +557,8 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
     path = table.text("path")
     source = FlagSourceConfig(
         kind=str(kind),
-        query=table.text("query", default=DEFAULT_FLAG_QUERY if kind == SQL else None),
-        url=table.text("url", required=kind == HTTP),
+        query=table.sql("query", default=DEFAULT_FLAG_QUERY if kind == SQL else None),
+        url=table.url("url", required=kind == HTTP),
         path=(base / path).resolve() if path else None,
     )
     if kind == "file" and source.path is None:
@@ -500,11 +600,13 @@ _WATCH_QUERIES = ("unauthorized_query", "requests_query")
 
 def _numbers(table: _Table, kinds: dict[str, type]) -> dict[str, Any]:
     """The numbers among ``kinds`` the table sets, converted to their kind."""
-    return {
-        name: kind(value)
-        for name, kind in kinds.items()
-        if (value := table.number(name)) is not None
-    }
+    numbers: dict[str, Any] = {}
+    for name, kind in kinds.items():
+        if kind is int and name in table.data:
+            numbers[name] = table.positive_int(name, 1)
+        elif (value := table.number(name)) is not None:
+            numbers[name] = kind(value)
+    return numbers
 
 
 def _metrics(root: _Table) -> MetricsConfig:
@@ -520,7 +622,7 @@ def _metrics(root: _Table) -> MetricsConfig:
     changes: dict[str, Any] = _numbers(watch, _WATCH_NUMBERS)
     for name, attribute in _WATCH_WINDOWS.items():
         if name in watch.data:
-            changes[attribute] = timedelta(seconds=watch.positive_int(name, 1))
+            changes[attribute] = timedelta(seconds=watch.positive_int(name, 1, MAX_WINDOW_S))
     for name in _WATCH_QUERIES:
         if name in watch.data:
             changes[name] = watch.text(name)
@@ -556,10 +658,11 @@ def _pilot(root: _Table) -> PilotConfig:
     risk = table.table("risk", required=False)
     criteria = RiskCriteria()
     if risk is not None:
-        counts = ("min_wallets", "max_wallets", "volume_days")
-        risk.only(*counts, "max_open_findings", "max_withdrawal_volume", "volume_statuses")
+        limits = {"min_wallets": BIGINT_MAX, "max_wallets": BIGINT_MAX, "volume_days": MAX_DAYS}
+        risk.only(*limits, "max_open_findings", "max_withdrawal_volume", "volume_statuses")
         changes: dict[str, Any] = {
-            name: risk.positive_int(name, getattr(criteria, name)) for name in counts
+            name: risk.positive_int(name, getattr(criteria, name), limit)
+            for name, limit in limits.items()
         }
         changes["max_open_findings"] = risk.count("max_open_findings", criteria.max_open_findings)
         if "max_withdrawal_volume" in risk.data:
@@ -626,7 +729,7 @@ def _decision(table: _Table | None) -> DecisionPolicy:
         changes = {**tests, **({"action": Verdict(verdict)} if verdict else {})}
         signals[signal] = replace(getattr(DEFAULT_POLICY, signal), **changes)
     windows: dict[str, Any] = {
-        attribute: timedelta(seconds=table.positive_int(name, 1))
+        attribute: timedelta(seconds=table.positive_int(name, 1, MAX_WINDOW_S))
         for name, attribute in (("window_s", "window"), ("baseline_window_s", "baseline_window"))
         if name in table.data
     }

@@ -5,6 +5,9 @@ from __future__ import annotations
 import datetime as dt
 import hashlib
 import json
+import os
+import re
+import tempfile
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -21,7 +24,7 @@ PASS, FAIL, INCOMPLETE, INTERRUPTED = "PASS", "FAIL", "INCOMPLETE", "INTERRUPTED
 DECISION_FACT = "OPS-02 decision"  # the environment fact a deciding phase's 3.3 records
 PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
 NOT_ATTEMPTED = "not attempted"  # how a check the step model held back says why
-SCHEMA_VERSION = 2  # of the sign-off JSON; bumped whenever a field changes meaning
+SCHEMA_VERSION = 2  # of the sign-off JSON; chain.py validates against it
 
 
 @dataclass
@@ -61,7 +64,8 @@ class RunRecord:
     waivers: Mapping[str, Waiver] = field(default_factory=dict)
     head: str = ""  # the migration head the run expects
     release: str | None = None
-    identity: dict[str, Any] | None = None  # what the server said it is, once proven
+    # The database the run proved it is on (ServerIdentity.as_json()); the chain compares it.
+    identity: dict[str, Any] | None = None
     operator: str = ""
     started: dt.datetime | None = None
     finished: dt.datetime | None = None
@@ -252,10 +256,71 @@ def _describe(outcome: str) -> str:
     }.get(outcome, f"was {outcome}")
 
 
+@dataclass(frozen=True)
+class SignoffPaths:
+    html: Path
+    json: Path
+    checksums: Path
+
+
+_UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+
+
+def signoff_paths(folder: Path, phase: str, target: str, started: dt.datetime) -> SignoffPaths:
+    """``<phase>-<target>-<UTC stamp>.{html,json,sha256}`` inside ``folder``, whatever the names
+    hold: anything but letters, digits and ``._-`` becomes ``_``, so no separator survives."""
+    folder = folder.resolve()
+    name = "-".join(_UNSAFE_NAME.sub("_", part) for part in (phase, target))
+    stem = folder / f"{name}-{started.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}"
+    return SignoffPaths(*(stem.with_name(f"{stem.name}.{s}") for s in ("html", "json", "sha256")))
+
+
+def write_new(path: Path, data: bytes) -> None:
+    """Create ``path`` with ``data``: never through a symlink, never over an existing file, and
+    never seen half-written. The data goes to a private temp file that is hard-linked into
+    place; ``link`` fails on any existing name, a planted symlink included, and follows none."""
+    fd, temp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".partial")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            os.fchmod(handle.fileno(), 0o644)
+        place_new(Path(temp), path)
+    finally:
+        Path(temp).unlink(missing_ok=True)
+
+
+def place_new(source: Path, destination: Path) -> None:
+    """Give ``source`` the name ``destination`` unless that name exists (file or symlink):
+    then FileExistsError, and nothing is overwritten."""
+    try:
+        os.link(source, destination, follow_symlinks=False)
+    except FileExistsError:
+        raise FileExistsError(
+            f"{destination} already exists (a file or a symlink): a sign-off never overwrites "
+            "one; remove it or choose another --signoff-dir"
+        ) from None
+
+
+def staged_html(final: Path) -> Path:
+    """A private path (in a 0700 folder beside ``final``) for pytest-html to write the report
+    to; ``place_staged`` then puts it in place without following a symlink at ``final``."""
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(dir=final.parent, prefix=".staging-")) / final.name
+
+
+def place_staged(staged: Path, final: Path) -> None:
+    try:
+        if staged.is_file():
+            place_new(staged, final)
+    finally:
+        staged.unlink(missing_ok=True)
+        staged.parent.rmdir()
+
+
 def write_json(record: RunRecord, path: Path) -> None:
     # Scrubbed once more as a whole: nothing secret may reach the artifact by any route.
     text = json.dumps(record.as_json(), indent=2, ensure_ascii=False)
-    path.write_text(record.scrubber.scrub(text) + "\n", encoding="utf-8")
+    write_new(path, (record.scrubber.scrub(text) + "\n").encode())
 
 
 def sha256_file(path: Path) -> str:
@@ -269,4 +334,4 @@ def sha256_file(path: Path) -> str:
 def write_checksums(paths: list[Path], checksum_path: Path) -> None:
     """``sha256sum -c`` compatible, names relative to the checksum file."""
     lines = [f"{sha256_file(p)}  {p.name}" for p in paths if p.exists()]
-    checksum_path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    write_new(checksum_path, ("\n".join(lines) + "\n").encode())

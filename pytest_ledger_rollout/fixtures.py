@@ -131,10 +131,12 @@ def predecessor_signoff(request: pytest.FixtureRequest) -> CheckResult:
     return check_predecessor(
         state.phase.name,
         signoff_dir=state.paths.json.parent,
-        head=state.config.migrations.expected_chain[-1],
-        release=state.record.environment.get("release"),
+        head=state.record.head,
+        release=state.record.release,
         rehearsal=state.record.rehearsal,
+        identity=state.session.identity.as_json() if state.session else None,
         path=state.predecessor,
+        allowed_signers=state.config.signoff.allowed_signers,
     )
 
 

@@ -19,6 +19,7 @@ from .results import CheckResult, Evidence, Failure, failed, passed
 
 SQL, HTTP, FILE = "sql", "http", "file"
 FLAG_SOURCES = (SQL, HTTP, FILE)
+FLAGS_TABLE = "feature_flags"  # the reference backend's; the default sql source reads it
 
 
 @dataclass(frozen=True)

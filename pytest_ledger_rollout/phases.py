@@ -79,6 +79,9 @@ class Phase:
     decides: bool = False  # ends with GO / HOLD / ROLLBACK (the pilot's OPS-02 decision)
     # The step a refused identity or a failed connection fails (else the run is only stopped).
     identity_step: str | None = None
+    # Signs webhooks against the target's service (the withdrawals smoke): a real target's
+    # secret variable must be set before anything connects.
+    signs_webhooks: bool = False
 
     def heading(self, target_kind: str) -> str:
         """The phase's title for a run on a target of this kind: a rehearsal never says
@@ -221,6 +224,7 @@ PHASES: dict[str, Phase] = {
                     ),
                 ),
             ),
+            signs_webhooks=True,
         ),
         Phase(
             "prd-pilot",

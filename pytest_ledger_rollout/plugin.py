@@ -4,8 +4,11 @@ Thin by design: every decision lives in the domain modules; this file wires them
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import getpass
+import html
+import io
 import os
 import tempfile
 from collections.abc import Generator
@@ -15,13 +18,17 @@ from typing import Any, NoReturn
 import pytest
 
 from . import __version__, fixtures
+from .chain import SigningError, sign_signoff
 from .config import ConfigError, load_config
 from .evidence import (
     NOT_ATTEMPTED,
     PASS,
     CheckRecord,
     RunRecord,
+    place_staged,
     sha256_file,
+    signoff_paths,
+    staged_html,
     write_checksums,
     write_json,
 )
@@ -41,7 +48,6 @@ from .state import (
     RUN_STATE,
     PlannedCheck,
     RunState,
-    SignoffPaths,
 )
 from .targets import TargetError, resolve_target
 from .waivers import SKIP_REASON, WaiverError, load_waivers
@@ -105,17 +111,39 @@ def pytest_addoption(parser: pytest.Parser) -> None:
             metavar=name.split("-")[-1].upper(),
             help=f"{help_text} (ini: {ini}; default: {default})",
         )
-        parser.addini(ini, help_text, default=default)
+        parser.addini(ini, help_text, default=None)
+
+
+_DEFAULTS = {ini: default for _, ini, default, _ in _OPTIONS}
 
 
 def _option(config: pytest.Config, ini: str) -> tuple[str | None, Path]:
-    """Command line beats ini beats default; paths are relative to where each was given."""
+    """Command line beats ini beats default; paths are relative to where each was given (a
+    default to where pytest was invoked: pytest may take an option's value for its rootdir)."""
     value = config.getoption(ini)
     if value is not None:
         return str(value), config.invocation_params.dir
-    base = config.inipath.parent if config.inipath else config.rootpath
     value = config.getini(ini)
-    return (str(value) if value else None), base
+    if value:
+        return str(value), config.inipath.parent if config.inipath else config.rootpath
+    return _DEFAULTS[ini], config.invocation_params.dir
+
+
+def _config_path(config: pytest.Config) -> Path:
+    """The rollout config: as given, else the default name where pytest was invoked, then in
+    its rootdir; missing, the error lists every place looked at."""
+    value, base = _option(config, "rollout_config")
+    assert value is not None
+    if config.getoption("rollout_config") or config.getini("rollout_config"):
+        return (base / value).resolve()
+    places = list(dict.fromkeys((base / value, config.rootpath / value)))
+    found = next((place for place in places if place.is_file()), None)
+    if found is None:
+        raise pytest.UsageError(
+            f"no rollout config: looked for {' and '.join(str(p) for p in places)}; "
+            "run from the folder that holds it or pass --rollout-config=PATH"
+        )
+    return found.resolve()
 
 
 @pytest.hookimpl(tryfirst=True)  # before pytest-html reads --html
@@ -136,15 +164,17 @@ def pytest_configure(config: pytest.Config) -> None:
         )
     state = _configure_run(config, phase_name)
     config.stash[RUN_STATE] = state
-    if config.getoption("htmlpath", None) is None:
-        config.option.htmlpath = str(state.paths.html)
+    if config.getoption("htmlpath", None) is None and not config.option.collectonly:
+        # pytest-html writes to a private path; the report is placed after it, never through
+        # a symlink planted at its name.
+        state.html_staging = staged_html(state.paths.html)
+        config.option.htmlpath = str(state.html_staging)
         config.option.self_contained_html = True
     config.pluginmanager.register(SignoffHtml(state), "ledger_rollout.html")
     # The packaged checks always run; paths given add a team's own checks to them.
     suite = str(_suite_dir(state.phase))
     given = config.args if config.args_source == pytest.Config.ArgsSource.ARGS else []
     config.args = [suite, *(arg for arg in given if arg != suite)]
-    _set_metadata(config, state)
     if state.target.kind == EPHEMERAL and not config.option.collectonly:
         state.ephemeral_start = start_in_background(
             state.config, state.target, state.phase, state.stack
@@ -160,9 +190,7 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
             f"phase {phase.name} has no checks in pytest-ledger-rollout {__version__}: "
             "nothing can decide it yet"
         )
-    config_value, config_base = _option(config, "rollout_config")
-    assert config_value is not None
-    config_path = (config_base / config_value).resolve()
+    config_path = _config_path(config)
     try:
         rollout = load_config(config_path)
     except ConfigError as exc:
@@ -177,11 +205,8 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
     signoff_value, signoff_base = _option(config, "rollout_signoff_dir")
     assert signoff_value is not None
     started = dt.datetime.now(dt.UTC)
-    stem = f"{phase.name}-{target.name}-{started:%Y%m%dT%H%M%SZ}"
     folder = (signoff_base / signoff_value).resolve()
-    paths = SignoffPaths(
-        folder / f"{stem}.html", folder / f"{stem}.json", folder / f"{stem}.sha256"
-    )
+    paths = signoff_paths(folder, phase.name, target.name, started)
     record = RunRecord(
         phase=phase,
         target=target.name,
@@ -301,19 +326,6 @@ def _ci_run_url() -> str:
     server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
     repository = os.environ.get("GITHUB_REPOSITORY", "")
     return f"{server}/{repository}/actions/runs/{os.environ['GITHUB_RUN_ID']}"
-
-
-def _set_metadata(config: pytest.Config, state: RunState) -> None:
-    try:
-        from pytest_metadata.plugin import metadata_key
-    except ImportError:  # pytest-metadata absent: the static summary carries the environment
-        return
-    # Taken by pytest-html when the session starts: an ephemeral database is not known yet
-    # (the static sign-off environment in the summary has it).
-    known = {
-        k: v for k, v in state.record.environment.items() if state.target.url or k != "database"
-    }
-    config.stash[metadata_key].update({f"ledger-rollout {k}": v for k, v in known.items()})
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -614,7 +626,7 @@ class SignoffHtml:
         self.state = state
 
     def pytest_html_report_title(self, report: Any) -> None:
-        report.title = report_title(self.state.record)
+        report.title = self.state.scrubber.scrub(report_title(self.state.record))
 
     def pytest_html_results_summary(
         self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
@@ -647,10 +659,20 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
         }
     )
     result = yield
+    if state.html_staging is not None:
+        place_staged(state.html_staging, state.paths.html)
     state.paths.json.parent.mkdir(parents=True, exist_ok=True)
     write_json(state.record, state.paths.json)
     write_checksums([state.paths.html, state.paths.json], state.paths.checksums)
-    if state.record.verdict() != PASS and session.exitstatus == pytest.ExitCode.OK:
+    signing_key = state.config.signoff.signing_key
+    if signing_key is not None:
+        try:
+            state.signature = sign_signoff(state.paths.json, signing_key)
+        except SigningError as exc:
+            # The sign-off stands unsigned and says so; a chain that needs signatures refuses.
+            record.aborted = record.aborted or f"The sign-off could not be signed: {exc}"
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED
+    if record.verdict() != PASS and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     return result
 
@@ -665,8 +687,9 @@ def pytest_terminal_summary(
     terminalreporter.write_sep("=", "ledger-rollout sign-off")
     for line in terminal_lines(state.record):
         terminalreporter.write_line(line)
-    for path in (state.paths.html, state.paths.json, state.paths.checksums):
-        terminalreporter.write_line(f"  {path}")
+    for path in (state.paths.html, state.paths.json, state.paths.checksums, state.signature):
+        if path is not None:
+            terminalreporter.write_line(f"  {path}")
 
 
 def pytest_unconfigure(config: pytest.Config) -> None:
@@ -679,3 +702,79 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"ledger-rollout verdict: {verdict_line(state.record)}", bold=True)
+
+
+# --- Secrets and the HTML report: second lines of defence on pytest's own output paths -------
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Before pytest-html reads the environment and before any check: scrub what ``--debug``
+    and internal errors show from now on, escape every environment value for the HTML, and
+    know the webhook secret from the start (a crash before the target is up must not show it
+    either)."""
+    state = session.config.stash.get(RUN_STATE, None)
+    if state is None:
+        return
+    state.scrubber.register(os.environ.get(state.target.config.webhook_secret_env) or None)
+    session.config.pluginmanager.register(InternalErrorScrubber(state.scrubber))
+    tracer = session.config.trace.root
+    write = getattr(tracer, "_writer", None)  # pluggy keeps --debug's file writer only there
+    if write is not None:
+        tracer.setwriter(lambda text: write(state.scrubber.scrub(text)))
+        # What pytest wrote before (its header quotes the command line) is scrubbed at the end,
+        # after the last hook and before pytest closes the file.
+        debug_file = getattr(write, "__self__", None)
+        if isinstance(debug_file, io.TextIOWrapper):
+            session.config.add_cleanup(lambda: _scrub_open_file(debug_file, state.scrubber))
+    try:
+        from pytest_metadata.plugin import metadata_key
+    except ImportError:
+        return
+    metadata = session.config.stash[metadata_key]
+    for key, value in metadata.items():
+        metadata[key] = _html_text(value, state.scrubber)
+
+
+def _scrub_open_file(handle: io.TextIOWrapper, scrubber: Scrubber) -> None:
+    handle.flush()
+    text = Path(handle.name).read_text(encoding="utf-8")
+    handle.seek(0)
+    handle.write(scrubber.scrub(text))
+    handle.truncate()
+
+
+def _html_text(value: object, scrubber: Scrubber) -> object:
+    """pytest-html puts environment values (and both sides of a dict's items) in the page with
+    innerHTML: escaped, a recorded value such as ``<img onerror=...>`` stays text. Scrubbed
+    too: pytest-metadata also prints them in the terminal header (-v)."""
+    if isinstance(value, dict):
+        return {_html_text(k, scrubber): _html_text(v, scrubber) for k, v in value.items()}
+    return html.escape(scrubber.scrub(str(value)))
+
+
+class InternalErrorScrubber:
+    """An internal error (the database down at the gate, with ``--showlocals``) shows locals
+    of library frames that hold the password in their own spelling (a libpq conninfo, a
+    truncated repr): the representation is scrubbed in place before the terminal, junit XML
+    or any other plugin renders it."""
+
+    def __init__(self, scrubber: Scrubber) -> None:
+        self.scrubber = scrubber
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_internalerror(self, excrepr: object) -> None:
+        _scrub_fields(excrepr, self.scrubber, set())
+
+
+def _scrub_fields(node: object, scrubber: Scrubber, seen: set[int]) -> object:
+    """``node`` with every string in it scrubbed; pytest's repr dataclasses in place."""
+    if isinstance(node, str):
+        return scrubber.scrub(node)
+    if isinstance(node, list | tuple):
+        return type(node)(_scrub_fields(item, scrubber, seen) for item in node)
+    if dataclasses.is_dataclass(node) and not isinstance(node, type) and id(node) not in seen:
+        seen.add(id(node))
+        for field in dataclasses.fields(node):
+            setattr(node, field.name, _scrub_fields(getattr(node, field.name), scrubber, seen))
+    return node

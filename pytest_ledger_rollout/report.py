@@ -23,7 +23,7 @@ from .evidence import (
     RunRecord,
     StepOutcome,
 )
-from .results import Evidence, Failure
+from .results import TABLE_EVIDENCE, Evidence, Failure
 from .waivers import WAIVED, WAIVED_NOT_RUN
 
 _COLOURS = {PASS: "#1b7f3b", FAIL: "#b00020", INCOMPLETE: "#9a6700", INTERRUPTED: "#b00020"}
@@ -35,9 +35,6 @@ _STEP_COLOURS = {
     WAIVED_NOT_RUN: "#5b4a9e",
 }
 _CHECK_COLOURS = {"passed": "#1b7f3b", "failed": "#b00020", "error": "#b00020"}
-# Evidence labelled with this prefix carries tab-separated rows (header first) and is drawn as
-# a static table (e.g. the schema differences, the OPS-02 figures).
-TABLE_EVIDENCE = "table: "
 EVIDENCE_SHOWN = 4000  # characters of one evidence block in the page; the JSON has it all
 REHEARSAL_NOTICE = "REHEARSAL: ephemeral target, not a staging or production sign-off"
 

@@ -6,6 +6,7 @@ the ``evidence`` fixture, which records the evidence and raises ``DodFailure`` w
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 
 
@@ -15,6 +16,16 @@ class Evidence:
 
     label: str
     body: str
+
+
+# Evidence labelled with this prefix carries tab-separated rows (header first): the report
+# draws it as a static table (schema differences, the OPS-02 figures).
+TABLE_EVIDENCE = "table: "
+
+
+def table_evidence(title: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Evidence:
+    lines = ["\t".join(header), *("\t".join(row) for row in rows)]
+    return Evidence(f"{TABLE_EVIDENCE}{title}", "\n".join(lines))
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import os
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 
 from sqlalchemy import Engine, text
@@ -23,13 +23,16 @@ from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION, Phase
 from .postgres import EphemeralServer, EphemeralSettings, start_ephemeral
 from .results import CheckResult, DodFailure, Failure
 from .targets import (
+    ReadOnlyViolation,
     ResolvedTarget,
     ServerIdentity,
+    check_role_privileges,
     connection_failure,
     open_engine,
     prove_identity,
     read_identity,
     url_overrides,
+    write_guarded_tables,
 )
 
 # One advisory lock key per database for every run of a phase that writes (positive, so it
@@ -68,7 +71,7 @@ class ServiceEndpoints:
 @dataclass
 class TargetSession:
     target: ResolvedTarget
-    url: str
+    url: str = field(repr=False)  # holds the password: never in a repr or --showlocals
     engine: Engine
     identity: ServerIdentity
     identity_result: CheckResult
@@ -162,7 +165,7 @@ def open_target_session(
         expected_host, expected_db = ephemeral.host, ephemeral.database
     else:
         assert target.url is not None
-        url = target.url
+        url = target.url.render_as_string(hide_password=False)
         expect = target.config.expect
         assert expect.host is not None and expect.database is not None
         expected_host, expected_db = expect.host, expect.database
@@ -182,8 +185,19 @@ def open_target_session(
         )
         with engine.connect() as connection:
             identity = read_identity(connection)
+            privileges = (
+                check_role_privileges(connection, write_guarded_tables(config))
+                if session_kind == PRODUCTION
+                else None
+            )
     except DBAPIError as exc:
         raise TargetRefused(connection_failure(exc, mask_url(url), scrubber)) from None
+    except ReadOnlyViolation as exc:
+        raise TargetRefused(
+            _failed_safety(
+                "The production session is not read-only", "a READ ONLY transaction", str(exc)
+            )
+        ) from None
     result = prove_identity(
         url, expected_host, expected_db, server_addr, identity, system_identifier,
         socket_allowed=target.kind == EPHEMERAL,
@@ -198,6 +212,12 @@ def open_target_session(
                 "transaction_read_only = off",
             )
         )
+    if privileges is not None:
+        # The role's own rights are the guard that holds even against a bug here: reported,
+        # and a refusal where the target requires a read-only role.
+        if not privileges.ok and target.config.require_read_only_role:
+            raise TargetRefused(privileges)
+        result = replace(result, evidence=(*result.evidence, *privileges.evidence))
     if ephemeral is not None and target.config.app_host == "local://":
         # The app on this machine reads the throwaway database like the suite does.
         _export(target.config.database_url_env, url, stack)

@@ -10,20 +10,13 @@ from pathlib import Path
 import pytest
 
 from .config import RolloutConfig
-from .evidence import RunRecord
+from .evidence import RunRecord, SignoffPaths
 from .masking import Scrubber
 from .phases import Check, Phase, Role, Step
 from .postgres import EphemeralServer
 from .results import Evidence
 from .session import TargetSession
 from .targets import ResolvedTarget
-
-
-@dataclass(frozen=True)
-class SignoffPaths:
-    html: Path
-    json: Path
-    checksums: Path
 
 
 @dataclass(frozen=True)
@@ -52,6 +45,9 @@ class RunState:
     predecessor: Path | None = None  # an explicit predecessor sign-off (else the newest found)
     pilot_candidates: int = 0  # prd-pilot: how many ranked candidates to list (0: none)
     session: TargetSession | None = None
+    # Where pytest-html writes the report before it is placed, never through a symlink.
+    html_staging: Path | None = None
+    signature: Path | None = None  # the sign-off's .sig, when [signoff] signing_key is set
 
 
 RUN_STATE = pytest.StashKey[RunState]()

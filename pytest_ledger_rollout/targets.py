@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import ipaddress
 import socket
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
-from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import Connection, make_url
+from sqlalchemy import Engine, create_engine, event, text
+from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
-from .config import RolloutConfig, SessionLimits, TargetConfig
+from .config import RolloutConfig, SessionLimits, TargetConfig, url_port_problem
+from .flags import FLAGS_TABLE
 from .masking import Scrubber, mask_url
 from .phases import EPHEMERAL, PRODUCTION, Phase
 from .results import CheckResult, Evidence, Failure, failed, passed
@@ -25,7 +27,9 @@ class TargetError(ValueError):
 @dataclass(frozen=True)
 class ResolvedTarget:
     config: TargetConfig
-    url: str | None  # None for an ephemeral target until its server is started
+    # SQLAlchemy's URL never shows its password (repr, str): not in a traceback's locals, a
+    # debug log or a truncated repr. None for an ephemeral target until its server is started.
+    url: URL | None
 
     @property
     def name(self) -> str:
@@ -66,6 +70,12 @@ def resolve_target(
         )
     if target.kind == EPHEMERAL:
         return ResolvedTarget(target, None)
+    if phase.signs_webhooks and not environ.get(target.webhook_secret_env):
+        raise TargetError(
+            f"phase {phase.name} signs webhooks for target {chosen!r} with the secret in "
+            f"${target.webhook_secret_env}, which is unset: export {target.webhook_secret_env} "
+            f"(or name another variable in [targets.{chosen}] webhook_secret_env)"
+        )
     raw = environ.get(target.database_url_env, "")
     if not raw:
         raise TargetError(
@@ -74,9 +84,7 @@ def resolve_target(
         )
     url = normalize_url(raw)
     try:
-        parsed = make_url(url)
-        backend = parsed.get_backend_name()
-        port = parsed.port
+        backend = make_url(url).get_backend_name()
     except (ArgumentError, ValueError):
         raise TargetError(
             f"${target.database_url_env} is not a database URL "
@@ -89,16 +97,14 @@ def resolve_target(
             "percent-encode the password (`@` is `%40`, `/` is `%2F`, `?` is `%3F`, "
             "`#` is `%23`, `%` is `%25`, `:` is `%3A`)"
         )
-    if port is not None and not 0 < port < 65536:
-        raise TargetError(
-            f"${target.database_url_env} names port {port}, which does not exist (allowed: 1-65535)"
-        )
+    if problem := url_port_problem(url):
+        raise TargetError(f"${target.database_url_env}: {problem}")
     if backend != "postgresql":
         raise TargetError(
             f"${target.database_url_env} points at {backend}, not PostgreSQL: the runbook's checks "
             f"are only valid on Postgres (errors on {backend} are not a reference)"
         )
-    return ResolvedTarget(target, url)
+    return ResolvedTarget(target, make_url(url))
 
 
 def _unencoded_userinfo(url: str) -> str | None:
@@ -186,23 +192,49 @@ def connection_failure(exc: DBAPIError, masked: str, scrubber: Scrubber) -> Chec
     )
 
 
-def open_engine(url: str, kind: str, phase: str, limits: SessionLimits) -> Engine:
-    """Every session gets timeouts and names itself; production sessions are read-only."""
+class ReadOnlyViolation(RuntimeError):
+    """A production transaction turned out not to be read-only: nothing more is sent."""
+
+
+def open_engine(url: str | URL, kind: str, phase: str, limits: SessionLimits) -> Engine:
+    """Every session gets timeouts and names itself; production sessions are read-only in a
+    way their SQL cannot undo.
+
+    ``default_transaction_read_only`` alone is lifted by ``COMMIT; BEGIN READ WRITE`` in one
+    string, so a production session also prepares every statement (the extended protocol takes
+    one statement per call: a ``;`` cannot start a second) and opens each transaction itself as
+    ``READ ONLY``, checking that it is before anything else runs in it."""
     options = [
         f"-c statement_timeout={limits.statement_timeout_ms}",
         f"-c lock_timeout={limits.lock_timeout_ms}",
     ]
+    connect_args: dict[str, Any] = {
+        "application_name": f"pytest-ledger-rollout/{phase}",
+        "connect_timeout": 10,
+    }
     if kind == PRODUCTION:
         options.append("-c default_transaction_read_only=on")
-    return create_engine(
-        url,
-        pool_pre_ping=False,
-        connect_args={
-            "application_name": f"pytest-ledger-rollout/{phase}",
-            "options": " ".join(options),
-            "connect_timeout": 10,
-        },
-    )
+        connect_args["prepare_threshold"] = 0  # psycopg: prepare from the first execution
+    connect_args["options"] = " ".join(options)
+    engine = create_engine(url, pool_pre_ping=False, connect_args=connect_args)
+    if kind == PRODUCTION:
+        event.listen(engine, "begin", _begin_read_only)
+    return engine
+
+
+def _begin_read_only(connection: Connection) -> None:
+    connection.exec_driver_sql("SET TRANSACTION READ ONLY")
+    assert_read_only(connection)
+
+
+def assert_read_only(connection: Connection) -> None:
+    """Raise unless the connection's current transaction is read-only."""
+    state = connection.exec_driver_sql("SELECT current_setting('transaction_read_only')")
+    if state.scalar_one() != "on":
+        raise ReadOnlyViolation(
+            "the production transaction is not read-only (transaction_read_only = off): "
+            "nothing was sent; connect through a role and server that allow read-only sessions"
+        )
 
 
 @dataclass(frozen=True)
@@ -212,9 +244,11 @@ class ServerIdentity:
     server_port: int | None
     version: str
     read_only: bool
-    system_identifier: str | None = None  # None where the role may not read pg_control_system()
+    system_identifier: str | None = None  # the cluster's, where the role may read it
 
-    def as_json(self) -> dict[str, str | int | None]:
+    def as_json(self) -> dict[str, Any]:
+        """What a sign-off records, so that the next phase can prove it ran on the same
+        database."""
         return {
             "database": self.database,
             "server_addr": self.server_addr,
@@ -228,16 +262,12 @@ def read_identity(connection: Connection) -> ServerIdentity:
         text(
             "SELECT current_database(), host(inet_server_addr()), inet_server_port(),"
             " current_setting('server_version'), current_setting('transaction_read_only'),"
-            " has_function_privilege('pg_control_system()', 'EXECUTE')"
+            # pg_control_system() is for superusers and pg_monitor: NULL, not an error, else.
+            " CASE WHEN has_function_privilege('pg_control_system()', 'EXECUTE')"
+            " THEN (SELECT system_identifier::text FROM pg_control_system()) END"
         )
     ).one()
-    identifier = None
-    if row[5]:
-        identifier = str(
-            connection.execute(text("SELECT system_identifier FROM pg_control_system()")).scalar()
-        )
-    connection.rollback()
-    return ServerIdentity(row[0], row[1], row[2], row[3], row[4] == "on", identifier)
+    return ServerIdentity(row[0], row[1], row[2], row[3], row[4] == "on", row[5])
 
 
 def _addresses(host: str) -> set[str]:
@@ -252,7 +282,7 @@ def _addresses(host: str) -> set[str]:
 
 
 def prove_identity(
-    url: str,
+    url: str | URL,
     expected_host: str,
     expected_database: str,
     server_addr: tuple[str, ...],
@@ -318,3 +348,55 @@ def prove_identity(
             evidence,
         )
     return passed(f"connected to {mask_url(url)} (server {identity.version})", evidence)
+
+
+WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+
+def write_guarded_tables(config: RolloutConfig) -> tuple[str, ...]:
+    """The tables a production role must not be able to write: the ledger's and the flags'."""
+    return (config.ledger.wallets, config.ledger.entries, FLAGS_TABLE)
+
+
+def check_role_privileges(connection: Connection, tables: Sequence[str]) -> CheckResult:
+    """Whether the session's role could write to ``tables`` (the ledger's and the flags').
+
+    Read-only sessions hold however the role is granted; a role that cannot write is the
+    defence that holds even against a bug in this plugin, so a writable role is reported."""
+    rows = connection.execute(
+        text(
+            "SELECT t.name, string_agg(p.privilege, ', ' ORDER BY p.ord) AS privileges,"
+            " to_regclass(t.name) IS NULL AS missing"
+            " FROM unnest(CAST(:tables AS text[])) AS t(name)"
+            " CROSS JOIN unnest(CAST(:privileges AS text[])) WITH ORDINALITY AS p(privilege, ord)"
+            " WHERE to_regclass(t.name) IS NULL"
+            "    OR has_table_privilege(to_regclass(t.name), p.privilege)"
+            " GROUP BY t.name ORDER BY t.name"
+        ),
+        {"tables": list(tables), "privileges": list(WRITE_PRIVILEGES)},
+    ).all()
+    role = connection.execute(text("SELECT current_user")).scalar_one()
+    writable = [f"{row.name}: {row.privileges}" for row in rows if not row.missing]
+    missing = [row.name for row in rows if row.missing]
+    evidence = Evidence(
+        "role privileges",
+        f"role {role}; write privileges checked: {', '.join(WRITE_PRIVILEGES)} "
+        f"on {', '.join(tables)}\n"
+        + ("\n".join(writable) if writable else "no write privilege on any of them")
+        + (f"\nnot found (not checked): {', '.join(missing)}" if missing else ""),
+    )
+    if writable:
+        return failed(
+            Failure(
+                f"The role {role} can write to production tables",
+                expected=f"no {'/'.join(WRITE_PRIVILEGES)} privilege on {', '.join(tables)}",
+                seen="\n".join(writable),
+                remedy=(
+                    'Connect production targets through a read-only role (README, "Production '
+                    'read-only and secrets"): GRANT SELECT only, and REVOKE the write privileges '
+                    "listed."
+                ),
+            ),
+            evidence,
+        )
+    return passed(f"role {role} cannot write to {', '.join(tables)}", evidence)

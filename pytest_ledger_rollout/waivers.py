@@ -28,6 +28,7 @@ SKIP_REASON = "waived (run: false)"
 _REQUIRED = ("justification", "expiration_date", "approver")
 _FIELDS = (*_REQUIRED, "run")
 _DATE = re.compile(r"\d{4}-\d{2}-\d{2}")
+MAX_BYTES = 64 * 1024  # read no further: the file is parsed in memory
 
 
 class WaiverError(ValueError):
@@ -84,7 +85,18 @@ def waived_outcome(waiver: Waiver | None, check_outcomes: Collection[str]) -> st
 
 class _StrictLoader(yaml.SafeLoader):
     """PyYAML keeps the last of duplicate keys silently; a second waiver for a step must not
-    quietly replace the first, so a duplicate is refused (YAML forbids them anyway)."""
+    quietly replace the first, so a duplicate is refused (YAML forbids them anyway).
+
+    Anchors and aliases are refused: a few hundred bytes of nested aliases expand to billions
+    of nodes (a "billion laughs"), and a waiver file has no use for them."""
+
+    def compose_node(self, parent: yaml.Node | None, index: int) -> yaml.Node | None:
+        event = self.peek_event()  # type: ignore[no-untyped-call]
+        if isinstance(event, yaml.AliasEvent) or getattr(event, "anchor", None):
+            raise yaml.composer.ComposerError(
+                None, None, "anchors and aliases (&name, *name) are not allowed", event.start_mark
+            )
+        return super().compose_node(parent, index)
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Hashable, Any]:
         seen: set[str] = set()
@@ -98,12 +110,32 @@ class _StrictLoader(yaml.SafeLoader):
         return super().construct_mapping(node, deep)
 
 
+def _timestamp_or_text(loader: _StrictLoader, node: yaml.ScalarNode) -> object:
+    # An impossible date (2026-02-30) stays text for _date to refuse by key, not a crash.
+    try:
+        return loader.construct_yaml_timestamp(node)
+    except ValueError:
+        return loader.construct_scalar(node)
+
+
+_StrictLoader.add_constructor("tag:yaml.org,2002:timestamp", _timestamp_or_text)
+
+
 def load_waivers(path: Path, phase: Phase, today: dt.date) -> dict[str, Waiver]:
     """The file's waivers by step id; anything malformed or not a step of ``phase`` raises."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_BYTES + 1)
     except OSError as exc:
         raise WaiverError(path, "<file>", f"cannot read ({exc.strerror})") from None
+    if len(raw) > MAX_BYTES:
+        raise WaiverError(
+            path, "<file>", f"larger than {MAX_BYTES} bytes: a waiver file lists a few steps"
+        )
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise WaiverError(path, "<file>", "not UTF-8 text") from None
     try:
         data = yaml.load(text, Loader=_StrictLoader)  # a SafeLoader: no arbitrary objects
     except yaml.YAMLError as exc:

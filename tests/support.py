@@ -20,6 +20,7 @@ from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.evidence import write_checksums
 from pytest_ledger_rollout.metrics.server import PrometheusUnavailable, find_binaries
 from pytest_ledger_rollout.migrations import AlembicProject
+from pytest_ledger_rollout.phases import PHASES
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_BACKEND = REPO / "examples" / "reference_backend"
@@ -161,6 +162,22 @@ def cloned_database(
 
 
 RELEASE = "2026.11.3"
+IDENTITY = {
+    "database": "ledger",
+    "server_addr": "10.0.0.5",
+    "server_port": 5432,
+    "system_identifier": "7301234567890123456",
+}
+
+
+def passed_steps(phase: str) -> list[dict[str, Any]]:
+    """Every step of ``phase`` passed by one check, as the sign-off JSON records them."""
+    check = {"name": "check", "outcome": "passed", "summary": "ok", "message": "", "evidence": []}
+    return [
+        {"id": s.id, "title": s.title, "outcome": "passed", "evidence": "ok", "waiver": None,
+         "checks": [check]}
+        for s in PHASES[phase].steps
+    ]  # fmt: skip
 
 
 def write_signoff(
@@ -172,21 +189,29 @@ def write_signoff(
     rehearsal: bool = False,
     head: str = HEAD,
     release: str | None = RELEASE,
+    identity: dict[str, Any] | None = IDENTITY,
     **fields: Any,
 ) -> Path:
-    """A sign-off as plugin.py writes it: HTML, JSON and the sha256 of both."""
+    """A sign-off as plugin.py writes it (schema version 2): HTML, JSON and the sha256 of both."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{phase}-{target}-{stamp}"
     environment = {"alembic head (expected)": head}
     if release is not None:
         environment["release"] = release
     document = {
+        "schema_version": 2,
+        "plugin_version": "0.1.0",
         "phase": phase,
         "target": target,
         "target_kind": "ephemeral" if rehearsal else "staging",
         "rehearsal": rehearsal,
         "verdict": "PASS",
-        "steps": [],
+        "decision": None,
+        "aborted": None,
+        "head": head,
+        "release": release,
+        "identity": identity,
+        "steps": passed_steps(phase),
         "environment": environment,
         **fields,
     }

@@ -88,7 +88,7 @@ def test_a_failed_connection_is_a_finding(
         ("", "release:p@ss@127.0.0.1:5432", "holds more than one `@` before the host"),
         ("", "release:pa/ss@127.0.0.1:5432", "an `@` follows a `/`, `?` or `#`"),
         ("", "release:pa#ss@127.0.0.1:5432", "an `@` follows a `/`, `?` or `#`"),
-        ("", "release:secret@127.0.0.1:99999", "names port 99999, which does not exist"),
+        ("", "release:secret@127.0.0.1:99999", "write a port in 1..65535"),
     ],
 )
 def test_a_url_that_cannot_be_read_is_a_usage_error(

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from .browser import visible_text
 from .support import RunPhase, require_prometheus, write_config
 
 
@@ -30,6 +31,11 @@ def test_four_phases_in_order_rehearse_and_pass(tmp_path: Path, run_phase: RunPh
         assert run.json()["environment"]["read-only session"] == "yes"
     assert "stg-roll sign-off" in pilot.json()["environment"]
     assert "prd-pilot sign-off" in ga.json()["environment"]
+    # The GO as an approver reads it: the decision and the figures behind it, without scripts.
+    text = " ".join(visible_text(pilot.artifact(".html"), scripts=False).split())
+    assert "Verdict: PASS -> decision GO" in text
+    assert "OPS-02 per pilot tenant" in text
+    assert "t-001 insufficient_funds" in text and "t-001 webhook_401" in text
 
 
 PILOT_AND_GA = """

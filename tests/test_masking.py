@@ -43,3 +43,9 @@ def test_scrub_removes_every_form_of_a_registered_password() -> None:
 def test_scrub_leaves_plain_text_and_urls_without_credentials() -> None:
     text = "see https://docs.example/x and 127.0.0.1:5432/ledger"
     assert Scrubber().scrub(text) == text
+
+
+def test_a_scrubber_never_shows_its_secrets() -> None:
+    scrubber = Scrubber()
+    scrubber.register(PASSWORD)
+    assert PASSWORD not in repr(scrubber) and PASSWORD not in str(scrubber)

@@ -18,6 +18,7 @@ from pytest_ledger_rollout.phases import PHASES
 from pytest_ledger_rollout.postgres import EphemeralServer
 from pytest_ledger_rollout.rehearsal import rehearse_production
 from pytest_ledger_rollout.session import ServiceEndpoints
+from pytest_ledger_rollout.targets import read_identity
 
 from .support import (
     REFERENCE_BACKEND,
@@ -90,7 +91,11 @@ def run_prd(
     chain: list[str] = []
     if predecessor:
         # A PASS and a GO: what either successor's chain step asks of its predecessor.
-        signoff = write_signoff(config.parent / "predecessor", PREDECESSOR[phase], decision="GO")
+        with production.db.engine.connect() as connection:  # prd-pilot ran on this database
+            identity = read_identity(connection).as_json()
+        signoff = write_signoff(
+            config.parent / "predecessor", PREDECESSOR[phase], decision="GO", identity=identity
+        )
         chain = [f"--predecessor={signoff}"]
     return run_phase(config, "--target=staging", *chain, *extra, url=production.db.url, phase=phase)
 

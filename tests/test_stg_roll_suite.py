@@ -28,6 +28,7 @@ from pytest_ledger_rollout.rehearsal import (
     wallets_for_traffic,
 )
 from pytest_ledger_rollout.session import ServiceEndpoints
+from pytest_ledger_rollout.targets import read_identity
 
 from .support import (
     REFERENCE_BACKEND,
@@ -126,7 +127,9 @@ def run_roll(
     monkeypatch.setenv(SECRET_ENV, rehearsed.endpoints.webhook_secret)
 
     def run(config: Path) -> PhaseRun:
-        stg_mig = write_signoff(config.parent / "signed", "stg-mig")  # the predecessor, verified
+        with rehearsed.db.engine.connect() as connection:  # the predecessor ran on this database
+            identity = read_identity(connection).as_json()
+        stg_mig = write_signoff(config.parent / "signed", "stg-mig", identity=identity)
         return run_phase(
             config,
             "--target=staging",
@@ -263,8 +266,12 @@ def test_wrong_webhook_secret_surge_fails_2_3(
 
 
 def test_backfill_not_run_fails_2_2(
-    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+    scenario_db: ScenarioDb,
+    tmp_path: Path,
+    run_phase: RunPhase,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    monkeypatch.setenv("LEDGER_WEBHOOK_SECRET", "unused: no smoke runs")
     scenario_db.upgrade("head")
     env = {**os.environ, "DATABASE_URL": scenario_db.url}
     seed = ["--tenants", "2", "--wallets-per-tenant", "5"]
@@ -287,6 +294,22 @@ def test_backfill_not_run_fails_2_2(
     assert "10 of 10 wallets differ from the ledger" in run.output
     assert "The backfill dry run still has work to do" in run.output
     assert "Cannot prove enforcement came after the backfill" in run.output
+
+
+def test_unset_webhook_secret_is_a_usage_error_before_connecting(
+    tmp_path: Path, run_phase: RunPhase, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("LEDGER_WEBHOOK_SECRET", raising=False)
+    config = write_config(tmp_path, database="ledger")
+    run = run_phase(
+        config, "--target=staging", url="postgresql://u@127.0.0.1:1/ledger", phase="stg-roll"
+    )
+    assert run.result.ret == pytest.ExitCode.USAGE_ERROR
+    assert (
+        "phase stg-roll signs webhooks for target 'staging' with the secret in "
+        "$LEDGER_WEBHOOK_SECRET, which is unset" in run.output
+    )
+    assert not run.reports.exists()
 
 
 @pytest.fixture

@@ -138,3 +138,71 @@ def test_shipped_config_loads_with_three_targets() -> None:
     }
     assert config.migrations.baseline == config.migrations.expected_chain[0]
     assert config.unique[0].name == "uq_recon_provider_event_type"
+
+
+@pytest.mark.parametrize(
+    ("snippet", "key", "problem"),
+    [
+        ("[metrics.webhook_401]\nmax_ratio = nan\n", "metrics.webhook_401.max_ratio", "finite"),
+        ("[metrics.decision]\nmax_ratio = nan\n", "metrics.decision.max_ratio", "finite"),
+        ("[metrics.decision]\nmax_ratio = inf\n", "metrics.decision.max_ratio", "finite"),
+        ("[metrics.webhook_401]\nalpha = -inf\n", "metrics.webhook_401.alpha", "finite"),
+        ("[metrics.webhook_401]\nmin_requests = nan\n", "metrics.webhook_401.min_requests", "1.."),
+        ("[metrics.decision]\nmin_requests = inf\n", "metrics.decision.min_requests", "1.."),
+        ("[metrics.decision]\nmin_requests = -5\n", "metrics.decision.min_requests", "1.."),
+        (
+            "[metrics.webhook_401]\nbefore_window_s = 1000000000000000000\n",
+            "metrics.webhook_401.before_window_s",
+            "1..31622400",
+        ),
+        ("[metrics.decision]\nwindow_s = 1e18\n", "metrics.decision.window_s", "1..31622400"),
+        (
+            "[session]\nstatement_timeout_ms = 1000000000000\n",
+            "session.statement_timeout_ms",
+            "1..2147483647",
+        ),
+        ("[session]\nlock_timeout_ms = -1\n", "session.lock_timeout_ms", "1..2147483647"),
+        ("[session]\nmigration_lock_wait_ms = 0\n", "session.migration_lock_wait_ms", "1.."),
+        ("[pilot.risk]\nvolume_days = 99999999\n", "pilot.risk.volume_days", "1..36500"),
+        ("[metrics.decision]\nmismatch_max_count = -1\n", "metrics.decision.mismatch_max", "0.."),
+        ("[ga]\nmin_share = nan\n", "ga.min_share", "finite"),
+        ("[flags]\nsource = 'http'\nurl = 'http://h:99999/f'\n", "flags.url", "1..65535"),
+        ("[flags]\nsource = 'http'\nurl = 'http://h:0/f'\n", "flags.url", "1..65535"),
+    ],
+)
+def test_impossible_numbers_name_the_key_and_the_range(
+    tmp_path: Path, snippet: str, key: str, problem: str
+) -> None:
+    path = write_config(tmp_path, database="ledger", extra=snippet)
+    with pytest.raises(ConfigError) as raised:
+        load_config(path)
+    assert raised.value.key.startswith(key)
+    assert problem in str(raised.value)
+
+
+@pytest.mark.parametrize(
+    ("setting", "key"),
+    [
+        ("service_url = 'http://127.0.0.1:99999'", "targets.staging.service_url"),
+        ("prometheus_url = 'http://127.0.0.1:65536'", "targets.staging.prometheus_url"),
+    ],
+)
+def test_ports_in_target_urls_are_checked(tmp_path: Path, setting: str, key: str) -> None:
+    path = write_config(tmp_path, database="ledger", target_extra=setting)
+    with pytest.raises(ConfigError, match=rf"{key}: .*1\.\.65535"):
+        load_config(path)
+
+
+def test_impossible_number_is_exit_4(tmp_path: Path, run_phase: RunPhase) -> None:
+    path = write_config(tmp_path, database="ledger", extra="[metrics.decision]\nmax_ratio = nan\n")
+    run = run_phase(path, phase="stg-mig", url="postgresql://u@127.0.0.1/ledger")
+    assert run.result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "metrics.decision.max_ratio: must be a finite number, not nan" in run.output
+
+
+def test_database_url_with_an_impossible_port_is_a_usage_error(
+    config: Path, run_phase: RunPhase
+) -> None:
+    run = run_phase(config, "--target=staging", url="postgresql://u@127.0.0.1:99999/ledger")
+    assert run.result.ret == pytest.ExitCode.USAGE_ERROR
+    assert "$DATABASE_URL" in run.output and "1..65535" in run.output

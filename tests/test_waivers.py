@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import datetime as dt
 import textwrap
+import time
+import tracemalloc
 from pathlib import Path
 
 import pytest
@@ -108,6 +110,12 @@ _VALID = "justification: j\n  expiration_date: 2026-12-31\n  approver: a\n"
          "1.3.expiration_date", "is not a date: write YYYY-MM-DD"),
         ('"1.3":\n  justification: j\n  expiration_date: 2026-12-31 10:00:00\n  approver: a\n',
          "1.3.expiration_date", "is not a date"),
+        ('"1.3":\n  justification: j\n  expiration_date: 2026-02-30\n  approver: a\n',
+         "1.3.expiration_date", "'2026-02-30' is not a date"),
+        ('"1.3":\n  justification: j\n  expiration_date: "2026-13-01"\n  approver: a\n',
+         "1.3.expiration_date", "'2026-13-01' is not a date"),
+        ('"1.3": &w\n  justification: j\n  expiration_date: 2026-12-31\n  approver: a\n'
+         '"1.4": *w\n', "<file>", "anchors and aliases (&name, *name) are not allowed"),
     ],
 )  # fmt: skip
 def test_malformed_files_name_the_key(tmp_path: Path, body: str, key: str, problem: str) -> None:
@@ -116,6 +124,33 @@ def test_malformed_files_name_the_key(tmp_path: Path, body: str, key: str, probl
     assert raised.value.key == key
     assert problem in str(raised.value)
     assert "\n" not in str(raised.value)
+
+
+# A "billion laughs": nine levels of nine aliases, 10**9 leaves from about 400 bytes.
+ALIAS_BOMB = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
+    f"{b}: &{b} [{','.join(['*' + a] * 9)}]\n" for a, b in zip("abcdefgh", "bcdefghi", strict=True)
+)
+
+
+def test_alias_bomb_is_refused_at_once(tmp_path: Path) -> None:
+    assert len(ALIAS_BOMB) < 500
+    tracemalloc.start()
+    started = time.perf_counter()
+    try:
+        with pytest.raises(WaiverError, match="anchors and aliases"):
+            load_waivers(waiver_file(tmp_path, ALIAS_BOMB), STG_MIG, TODAY)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert time.perf_counter() - started < 1.0
+    assert peak < 10 * 1024 * 1024
+
+
+def test_oversized_file_is_refused_before_parsing(tmp_path: Path) -> None:
+    path = tmp_path / "waivers.yml"
+    path.write_text("# padding\n" * 10_000)
+    with pytest.raises(WaiverError, match=r"<file>: larger than 65536 bytes"):
+        load_waivers(path, STG_MIG, TODAY)
 
 
 def test_the_phase_chain_cannot_be_waived(tmp_path: Path) -> None:

@@ -9,8 +9,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from ..phases import PRODUCTION
-from ..report import TABLE_EVIDENCE
-from ..results import CheckResult, Evidence, Failure, failed, passed
+from ..results import CheckResult, Evidence, Failure, failed, passed, table_evidence
 from .fingerprint import Difference, Fingerprint
 from .history import History
 
@@ -61,9 +60,11 @@ def claimed_revision(claimed: Sequence[str], known: Iterable[str]) -> str | None
 
 def difference_table(differences: Sequence[Difference], revision: str) -> Evidence:
     """The differences as a static table in the report (tab-separated, header first)."""
-    rows = [f"change\tkind\tname\tat {revision}\tin the target"]
-    rows += [f"{d.change}\t{d.kind}\t{d.name}\t{d.expected}\t{d.seen}" for d in differences]
-    return Evidence(f"{TABLE_EVIDENCE}schema differences, target vs {revision}", "\n".join(rows))
+    return table_evidence(
+        f"schema differences, target vs {revision}",
+        ("change", "kind", "name", f"at {revision}", "in the target"),
+        ((d.change, d.kind, d.name, d.expected, d.seen) for d in differences),
+    )
 
 
 def check_schema_state(state: SchemaState, kind: str) -> CheckResult:

@@ -18,6 +18,7 @@ for all pilot and control tenants, so 1,000 control tenants cost the same number
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
@@ -25,10 +26,10 @@ from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from string import Template
 
-from ..results import CheckResult, Evidence, Failure, failed, passed
+from ..results import CheckResult, Evidence, Failure, failed, passed, table_evidence
 from .counts import RateComparison, WindowCounts, compare_rates
 from .prometheus import PrometheusClient, PrometheusError, iso_utc
-from .webhook_watch import _duration
+from .webhook_watch import _duration, check_rate_test, check_window, rose
 
 
 class Verdict(StrEnum):
@@ -111,17 +112,12 @@ class RateSignal:
     def __post_init__(self) -> None:
         _check_template(f"{self.name}.errors_query", self.errors_query, "$window", "$tenants")
         _check_template(f"{self.name}.requests_query", self.requests_query, "$window", "$tenants")
-        if self.min_requests < 1:
-            raise ValueError(f"{self.name}.min_requests must be >= 1: {self.min_requests}")
-        if self.max_ratio < 1:
-            raise ValueError(f"{self.name}.max_ratio must be >= 1: {self.max_ratio}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"{self.name}.alpha must be between 0 and 1: {self.alpha}")
+        check_rate_test(f"{self.name}.", self.min_requests, self.max_ratio, self.alpha)
         if self.action is Verdict.GO:
             raise ValueError(f"{self.name}.action must be HOLD or ROLLBACK")
 
     def breached(self, comparison: RateComparison) -> bool:
-        return comparison.ratio > self.max_ratio and comparison.p_value < self.alpha
+        return rose(comparison.ratio, comparison.p_value, self.max_ratio, self.alpha)
 
 
 @dataclass(frozen=True)
@@ -135,7 +131,7 @@ class MismatchSignal:
 
     def __post_init__(self) -> None:
         _check_template(f"{self.name}.query", self.query, "$window", "$tenants")
-        if self.max_count < 0:
+        if not 0 <= self.max_count < math.inf:
             raise ValueError(f"{self.name}.max_count must be >= 0: {self.max_count}")
 
 
@@ -154,9 +150,7 @@ class DecisionPolicy:
 
     def __post_init__(self) -> None:
         for name in ("window", "baseline_window"):
-            seconds = getattr(self, name).total_seconds()
-            if seconds < 1 or seconds != int(seconds):
-                raise ValueError(f"{name} must be a whole number of seconds >= 1: {seconds}")
+            check_window(name, getattr(self, name))
         _check_template("scrape_up_query", self.scrape_up_query, "$window")
         names = [*(s.name for s in self.rate_signals), self.balance_mismatch.name]
         if len(set(names)) != len(names):
@@ -179,10 +173,34 @@ class Finding:
     outcome: Outcome
     verdict: Verdict
     detail: str  # the figures, or why there are none
+    figures: Figures | None = None  # the same figures, column by column for the report
 
     @property
     def reason(self) -> str:
         return f"{self.tenant} {self.signal} {self.detail} → {self.verdict}"
+
+    def row(self) -> tuple[str, ...]:
+        """The finding's row of the OPS-02 table in the sign-off."""
+        figures = self.figures or Figures()
+        return (
+            self.tenant, self.signal, figures.pilot, figures.control, figures.before_flip,
+            figures.ratio, figures.p, str(self.outcome), str(self.verdict),
+        )  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Figures:
+    pilot: str = "—"
+    control: str = "—"
+    before_flip: str = "—"
+    ratio: str = "—"  # vs control; vs its own window before the flip
+    p: str = "—"
+
+
+TABLE_HEADER = (
+    "tenant", "signal", "pilot", "control", "pilot before flip",
+    "ratio (vs control; vs before)", "p (vs control; vs before)", "outcome", "verdict",
+)  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -291,7 +309,13 @@ def decide(
             *decision.reasons,
         ]
     )
-    return replace(decision, evidence=(*reader.evidence, Evidence("OPS-02 decision", summary)))
+    table = table_evidence(
+        f"OPS-02 per pilot tenant (window ending {iso_utc(at)})",
+        TABLE_HEADER,
+        (f.row() for f in decision.findings),
+    )
+    evidence = (table, Evidence("OPS-02 decision", summary), *reader.evidence)
+    return replace(decision, evidence=evidence)
 
 
 def _check_tenants(pilots: Sequence[str], controls: Sequence[str]) -> None:
@@ -363,6 +387,13 @@ def _rate_finding(
         f"({_test(signal, vs_control)}), before flip {_pct(pilot_before.share)} "
         f"({_test(signal, vs_self)})"
     )
+    figures = Figures(
+        _pct(pilot_now.share),
+        _pct(control_now.share),
+        _pct(pilot_before.share),
+        f"{_ratio(vs_control)}; {_ratio(vs_self)}",
+        f"{_p(vs_control.p_value)}; {_p(vs_self.p_value)}",
+    )
     if signal.breached(vs_self):
         control_rise = compare_rates(control_before, control_now)
         if signal.breached(control_rise):
@@ -373,10 +404,11 @@ def _rate_finding(
                 Verdict.HOLD,
                 f"{detail}; control rose too {_pct(control_before.share)} → "
                 f"{_pct(control_now.share)} ({_test(signal, control_rise)}): not attributable",
+                figures,
             )
         if signal.breached(vs_control):
-            return Finding(tenant, signal.name, Outcome.BREACH, signal.action, detail)
-    return Finding(tenant, signal.name, Outcome.CLEAN, Verdict.GO, detail)
+            return Finding(tenant, signal.name, Outcome.BREACH, signal.action, detail, figures)
+    return Finding(tenant, signal.name, Outcome.CLEAN, Verdict.GO, detail, figures)
 
 
 def _mismatch_finding(signal: MismatchSignal, tenant: str, column: _Column) -> Finding:
@@ -385,11 +417,15 @@ def _mismatch_finding(signal: MismatchSignal, tenant: str, column: _Column) -> F
     except _NoData as gap:
         return _no_data(tenant, signal.name, str(gap))
     detail = f"{count} in {column.window.label}"
-    if count > signal.max_count:
+    figures = Figures(pilot=str(count))
+    if not count <= signal.max_count:
         return Finding(
-            tenant, signal.name, Outcome.BREACH, Verdict.ROLLBACK, f"{detail} > {signal.max_count}"
-        )
-    return Finding(tenant, signal.name, Outcome.CLEAN, Verdict.GO, f"{detail} ≤ {signal.max_count}")
+            tenant, signal.name, Outcome.BREACH, Verdict.ROLLBACK,
+            f"{detail} > {signal.max_count}", figures,
+        )  # fmt: skip
+    return Finding(
+        tenant, signal.name, Outcome.CLEAN, Verdict.GO, f"{detail} ≤ {signal.max_count}", figures
+    )
 
 
 def _no_data(tenant: str, signal: str, why: str) -> Finding:
@@ -489,7 +525,7 @@ class _Reader:
         down = [
             f"{job}/{instance} (min up {value:g})"
             for (job, instance), value in ups.items()
-            if value < 1
+            if not value >= 1  # NaN is down
         ]
         return f"scrape target {_names(down)} down during {window.label}" if down else None
 
@@ -566,9 +602,12 @@ def _pct(share: float) -> str:
 
 
 def _test(signal: RateSignal, c: RateComparison) -> str:
-    ratio = "x∞" if c.ratio == float("inf") else f"x{c.ratio:.1f}"
     above = ">" if c.ratio > signal.max_ratio else "≤"
-    return f"{ratio} {above} x{signal.max_ratio:.1f}, p={_p(c.p_value)}"
+    return f"{_ratio(c)} {above} x{signal.max_ratio:.1f}, p={_p(c.p_value)}"
+
+
+def _ratio(c: RateComparison) -> str:
+    return "x∞" if c.ratio == float("inf") else f"x{c.ratio:.1f}"
 
 
 def _p(p: float) -> str:

@@ -18,6 +18,7 @@ NaN, or fewer than ``min_requests`` webhook requests in either window all fail a
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from string import Template
@@ -43,6 +44,35 @@ RUNBOOK_ROLLBACK = (
 )
 
 
+# The longest window: a year of Prometheus history, far inside datetime arithmetic's range.
+MAX_WINDOW_S = 366 * 24 * 3600
+
+
+def check_window(name: str, window: timedelta) -> None:
+    seconds = window.total_seconds()
+    if not 1 <= seconds <= MAX_WINDOW_S or seconds != int(seconds):
+        raise ValueError(
+            f"{name} must be a whole number of seconds in 1..{MAX_WINDOW_S}: {seconds:g}"
+        )
+
+
+def check_rate_test(prefix: str, min_requests: int, max_ratio: float, alpha: float) -> None:
+    """Thresholds of a rate rise test. Each test is written so that NaN fails it (NaN compares
+    false both ways); an infinite max_ratio would let no rise ever count, so it fails too."""
+    if not 1 <= min_requests < math.inf:
+        raise ValueError(f"{prefix}min_requests must be a whole number >= 1: {min_requests}")
+    if not 1 <= max_ratio < math.inf:
+        raise ValueError(f"{prefix}max_ratio must be a finite number >= 1: {max_ratio}")
+    if not 0 < alpha < 1:
+        raise ValueError(f"{prefix}alpha must be between 0 and 1: {alpha}")
+
+
+def rose(ratio: float, p_value: float, max_ratio: float, alpha: float) -> bool:
+    """A rise above ``max_ratio`` with ``p_value`` below ``alpha``. Written as "not clearly
+    within bounds" so that a NaN anywhere counts as a rise: never a pass by accident."""
+    return not (ratio <= max_ratio or p_value >= alpha)
+
+
 @dataclass(frozen=True)
 class WebhookWatchThresholds:
     before_window: timedelta = timedelta(minutes=30)  # ends at the flip
@@ -59,15 +89,8 @@ class WebhookWatchThresholds:
 
     def __post_init__(self) -> None:
         for name in ("before_window", "after_window"):
-            seconds = getattr(self, name).total_seconds()
-            if seconds < 1 or seconds != int(seconds):
-                raise ValueError(f"{name} must be a whole number of seconds >= 1: {seconds}")
-        if self.min_requests < 1:
-            raise ValueError(f"min_requests must be >= 1: {self.min_requests}")
-        if self.max_ratio < 1:
-            raise ValueError(f"max_ratio must be >= 1: {self.max_ratio}")
-        if not 0 < self.alpha < 1:
-            raise ValueError(f"alpha must be between 0 and 1: {self.alpha}")
+            check_window(name, getattr(self, name))
+        check_rate_test("", self.min_requests, self.max_ratio, self.alpha)
         if not 0 <= self.max_after_share <= 1:
             raise ValueError(f"max_after_share must be between 0 and 1: {self.max_after_share}")
         for name in ("unauthorized_query", "requests_query"):
@@ -174,7 +197,7 @@ def _counts(
         evidence.append(vector.evidence())
         value = vector.single()
         value = 0.0 if value is None else value  # empty only reaches here when allowed
-        if value < 0:
+        if not value >= 0:  # NaN too
             raise _BadCount(
                 Failure(
                     "A webhook count came out negative",
@@ -192,11 +215,11 @@ def _counts(
 
 def _breaches(c: RateComparison, t: WebhookWatchThresholds) -> list[str]:
     breaches = []
-    if c.after.share > t.max_after_share:
+    if not c.after.share <= t.max_after_share:  # NaN breaches
         breaches.append(
             f"401 share after the flip {c.after.share:.2%} > ceiling {t.max_after_share:.2%}"
         )
-    if c.ratio > t.max_ratio and c.p_value < t.alpha:
+    if rose(c.ratio, c.p_value, t.max_ratio, t.alpha):
         breaches.append(
             f"401 share rose {_ratio(c.ratio)} > x{t.max_ratio:g} (p={c.p_value:.2g} < {t.alpha:g})"
         )

@@ -160,6 +160,7 @@ def start(settings: EphemeralSettings) -> LocalServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
             cwd="/",
+            env=watchdog.child_environment(),  # it runs pg_ctl stop: the same as the others
             start_new_session=True,  # Ctrl-C goes to the foreground group; it must not hit this
         )
     except BaseException:

@@ -23,6 +23,15 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from pathlib import Path
 
+# What initdb, pg_ctl and postgres need of our environment. Nothing else: not the operator's
+# secrets (DATABASE_URL, the webhook secret), and no PG* variable (PGDATA, PGPORT, PGOPTIONS)
+# that would silently retarget the binaries.
+_CHILD_VARIABLES = frozenset({"PATH", "LANG", "TZ", "TMPDIR"})
+
+
+def child_environment() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if k in _CHILD_VARIABLES or k.startswith("LC_")}
+
 
 @dataclass(frozen=True)
 class Cluster:
@@ -42,14 +51,12 @@ class Cluster:
         return os.path.join(self.tmpdir, "server.log")
 
     def run(self, tool: str, *args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
-        # PG* variables (PGDATA, PGPORT, PGOPTIONS...) would silently retarget the binaries.
-        env = {k: v for k, v in os.environ.items() if not k.startswith("PG")}
         return subprocess.run(
             [os.path.join(self.bindir, tool), *args],
             capture_output=True,
             text=True,
             cwd=self.tmpdir,
-            env=env,
+            env=child_environment(),
             timeout=timeout,
             check=False,
             user=self.uid,
