@@ -78,12 +78,13 @@ def verdict_line(record: RunRecord) -> str:
 
 
 def report_title(record: RunRecord) -> str:
-    """The page's first line: what was signed off, and how it ended."""
+    """The page's first line: what is signed off (pytest-html asks before the run ends, so the
+    verdict comes right below it, not in it)."""
     release = f", release {record.release}" if record.release else ""
-    rehearsal = "REHEARSAL " if record.rehearsal else ""
+    rehearsal = "REHEARSAL of " if record.rehearsal else ""
     return (
-        f"{rehearsal}{record.phase.name} on {record.target} ({record.target_kind}{release}): "
-        f"{record.verdict()}"
+        f"Sign-off: {rehearsal}{record.phase.name} on {record.target} "
+        f"({record.target_kind}{release})"
     )
 
 
@@ -151,10 +152,11 @@ def _step_details(step: StepOutcome) -> str:
     checks = "".join(_check_details(c, waived) for c in step.checks) or (
         f"<p>{escape(step.evidence)}</p>"
     )
+    waiver = f"<p>Waiver: {escape(step.waiver.describe())}</p>" if step.waiver else ""
     return (
         f"<h4 id='ledger-rollout-step-{escape(step.step.id)}'>{escape(step.step.id)} "
         f"{escape(step.step.title)}: <span style='color:{_STEP_COLOURS[step.outcome]}'>"
-        f"{escape(step.outcome)}</span></h4>{checks}"
+        f"{escape(step.outcome)}</span></h4>{waiver}{checks}"
     )
 
 
@@ -168,12 +170,19 @@ def _check_details(check: CheckRecord, waived: str) -> str:
         body += f"<pre class='ledger-rollout-error'>{escape(cause)}</pre>"
         if check.message:
             body += f"<details><summary>debug</summary><pre>{escape(check.message)}</pre></details>"
-    body += "".join(_evidence_html(e) for e in check.evidence)
+    body += "".join(_evidence_html(e) for e in check.evidence if not _is_table(e))
+    # Tables (the OPS-02 figures, schema differences) are what an approver decides on: shown
+    # open below the check, not folded away.
+    tables = "".join(_evidence_html(e) for e in check.evidence if _is_table(e))
     return (
         f"<details class='ledger-rollout-check'{' open' if bad else ''}>"
         f"<summary><b style='color:{colour}'>{escape(check.outcome)}{waived if bad else ''}</b> "
-        f"{escape(check.name)}: {escape(check.summary)}</summary>{body}</details>"
+        f"{escape(check.name)}: {escape(check.summary)}</summary>{body}</details>{tables}"
     )
+
+
+def _is_table(evidence: Evidence) -> bool:
+    return evidence.label.startswith(TABLE_EVIDENCE)
 
 
 def _finding_html(failure: Failure) -> str:
@@ -185,7 +194,7 @@ def _finding_html(failure: Failure) -> str:
 
 
 def _evidence_html(evidence: Evidence) -> str:
-    if evidence.label.startswith(TABLE_EVIDENCE):
+    if _is_table(evidence):
         return (
             f"<h5>{escape(evidence.label.removeprefix(TABLE_EVIDENCE))}</h5>"
             f"<table class='ledger-rollout-table' border='1' cellpadding='4'>"

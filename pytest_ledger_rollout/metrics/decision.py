@@ -314,7 +314,7 @@ def decide(
         TABLE_HEADER,
         (f.row() for f in decision.findings),
     )
-    evidence = (table, Evidence("OPS-02 decision", summary), *reader.evidence)
+    evidence = (*reader.evidence, table, Evidence("OPS-02 decision", summary))
     return replace(decision, evidence=evidence)
 
 
