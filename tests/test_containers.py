@@ -97,7 +97,8 @@ def test_auto_needs_the_image_and_says_which_provider_ran() -> None:
     assert "build or pull it, or use provider=local" in str(caught.value)
 
 
-def test_stop_removes_the_container(container: ContainerServer) -> None:
+def test_stop_removes_the_container() -> None:
+    require_engine()
     with start_ephemeral(CONTAINER) as server:
         assert isinstance(server, ContainerServer)
         assert containers_named(server.name) == [server.name]
