@@ -83,9 +83,13 @@ def requirement_closure(roots: list[str]) -> list[importlib.metadata.Distributio
 @pytest.fixture(scope="module")
 def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("wheelhouse")
+    # Built from a copy: setuptools writes build/ and egg-info beside the sources.
+    source = tmp_path_factory.mktemp("source") / "checkout"
+    local = ("*cache*", ".venv", ".git", "build", "*.egg-info", "reports")
+    shutil.copytree(REPO, source, ignore=shutil.ignore_patterns(*local))
     subprocess.run(
         [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-index",
-         "--no-build-isolation", "--wheel-dir", str(folder), str(REPO)],
+         "--no-build-isolation", "--wheel-dir", str(folder), str(source)],
         check=True, capture_output=True,
     )  # fmt: skip
     plugin = importlib.metadata.distribution(PLUGIN)
