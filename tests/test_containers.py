@@ -21,7 +21,7 @@ from pytest_ledger_rollout.postgres import (
     EphemeralUnavailable,
     start_ephemeral,
 )
-from pytest_ledger_rollout.postgres.containers import ContainerServer
+from pytest_ledger_rollout.postgres.containers import NAME_PREFIX, ContainerServer
 from pytest_ledger_rollout.targets import prove_identity, read_identity
 
 from .container_engine import LOCAL_POSTGRES_IMAGE, containers_named, require_engine
@@ -177,3 +177,29 @@ def test_a_container_that_does_not_prove_itself_is_refused(
     data = run.json()
     assert data["verdict"] == "FAIL"
     assert json.dumps(data).count("192.0.2.1") >= 1
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGKILL], ids=lambda s: s.name)
+def test_interrupted_gate_leaves_no_container(tmp_path: Path, sig: signal.Signals) -> None:
+    """Ctrl-C or a killed pytest while the gate's container starts: none is left."""
+    require_engine()
+    before = set(containers_named(NAME_PREFIX))
+    command = [
+        sys.executable, "-m", "pytest", "--phase=stg-mig", "--target=local", "-p",
+        "no:cacheprovider", f"--rollout-config={container_config(tmp_path)}",
+        f"--signoff-dir={tmp_path / 'reports'}",
+    ]  # fmt: skip
+    with subprocess.Popen(
+        command, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    ) as process:
+        deadline = time.monotonic() + 60
+        while not (started := set(containers_named(NAME_PREFIX)) - before):
+            assert process.poll() is None, process.communicate()[0]
+            assert time.monotonic() < deadline, "the gate started no container"
+            time.sleep(0.05)
+        process.send_signal(sig)
+        output = process.communicate(timeout=60)[0]
+    deadline = time.monotonic() + 15
+    while left := started & set(containers_named(NAME_PREFIX)):
+        assert time.monotonic() < deadline, f"{left} survived {sig.name}:\n{output[-2000:]}"
+        time.sleep(0.2)
