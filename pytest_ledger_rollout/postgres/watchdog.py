@@ -161,9 +161,8 @@ def release(guard: subprocess.Popen[bytes], message: bytes = b"") -> None:
 
 def remove_container(name: str) -> None:
     """Force-remove the container and its volumes; a create still in flight is waited for."""
-    from docker.errors import DockerException, NotFound
-
     import docker  # the engine is the one in DOCKER_HOST, as the parent resolved it
+    from docker.errors import DockerException, NotFound
 
     client = docker.from_env()
     deadline = time.monotonic() + CONTAINER_CREATE_GRACE
