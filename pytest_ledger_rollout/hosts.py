@@ -1,21 +1,81 @@
-"""Checks on the application host through pytest-testinfra (local://, ssh://, kubectl://)."""
+"""Checks on the application host through pytest-testinfra (local://, ssh://, docker://,
+kubectl://)."""
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import re
 import shlex
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Any
 
 import testinfra
+from sqlalchemy import text
+from sqlalchemy.engine import Connection
 
-from .masking import Scrubber, mask_url
+from .masking import Scrubber
 from .processes import interpreter_path
 from .results import CheckResult, Evidence, Failure, failed, passed
 
-# The runbook's own probe (step 1.1): prints the part of the URL after '@'.
-_URL_PROBE = "import os; u=os.getenv({var!r},''); print(u.split('@')[-1] if '@' in u else u)"
+# What identifies a database, read by the suite and by the app over their own connections:
+# the database, the server's own address and port (a port-forward or a service DNS name on the
+# client's side does not change them) and when its postmaster started. The system identifier
+# would be stronger, but pg_control_system() is refused to ordinary roles.
+FACTS_SQL = (
+    "SELECT current_database(), host(inet_server_addr()), inet_server_port(),"
+    " extract(epoch FROM pg_postmaster_start_time())::text"
+)
+# Runs on the app host with the app's interpreter and the app's ${var}, through SQLAlchemy (the
+# app has it: Alembic needs it). Prints one JSON line; never the URL's user or password.
+_FACTS_PROBE = """
+import json, os, sys
+try:
+    import sqlalchemy as sa
+    url = sa.engine.make_url(os.environ[{var!r}])
+    if "+" not in url.drivername:
+        try:
+            import psycopg
+            url = url.set(drivername="postgresql+psycopg")
+        except ImportError:
+            url = url.set(drivername="postgresql+psycopg2")
+    where = f"{{url.host}}:{{url.port or 5432}}/{{url.database}}"
+    engine = sa.create_engine(url, hide_parameters=True)
+    with engine.connect() as connection:
+        facts = list(connection.execute(sa.text({sql!r})).one())
+    print(json.dumps({{"url": where, "facts": facts}}))
+except Exception as exc:
+    print(json.dumps({{"error": f"{{type(exc).__name__}}: {{str(exc).splitlines()[0][:300]}}"}}))
+    sys.exit(1)
+"""
 _REVISION = re.compile(r"^(\S+)(?: \((?:head|mergepoint|branchpoint|effective head)[^)]*\))*$")
+
+
+@dataclass(frozen=True)
+class ServerFacts:
+    database: str
+    address: str | None  # None over a unix socket
+    port: int | None
+    started: str  # pg_postmaster_start_time() as epoch seconds
+
+    @classmethod
+    def from_row(cls, row: Sequence[Any]) -> ServerFacts:
+        database, address, port, started = row
+        return cls(str(database), address, None if port is None else int(port), str(started))
+
+    def server(self) -> str:
+        where = f"{self.address}:{self.port}" if self.address else "a unix socket"
+        return f"the server at {where} (postmaster started at epoch {self.started})"
+
+    def describe(self) -> str:
+        return f"database {self.database} on {self.server()}"
+
+
+def read_server_facts(connection: Connection) -> ServerFacts:
+    return ServerFacts.from_row(tuple(connection.execute(text(FACTS_SQL)).one()))
 
 
 def run_on_app_host(host_spec: str, app_dir: str, command: str) -> tuple[int, str]:
@@ -28,40 +88,72 @@ def run_on_app_host(host_spec: str, app_dir: str, command: str) -> tuple[int, st
     return result.rc, (result.stdout + result.stderr)
 
 
+def _app_facts(output: str) -> tuple[str, ServerFacts | None, str]:
+    """(the app's masked URL, its server facts, its error) from the probe's JSON line."""
+    for line in reversed(output.strip().splitlines()):
+        with contextlib.suppress(ValueError):
+            answer = json.loads(line)
+            if isinstance(answer, dict):
+                facts = answer.get("facts")
+                return (
+                    str(answer.get("url", "")),
+                    ServerFacts.from_row(facts) if facts else None,
+                    str(answer.get("error", "")),
+                )
+    return "", None, output.strip()[-300:] or "(no output)"
+
+
 def check_app_sees_same_database(
     host_spec: str,
     app_dir: str,
     url_env: str,
-    suite_url: str,
+    suite: Connection,
     suite_revisions: tuple[str, ...],
     scrubber: Scrubber,
 ) -> CheckResult:
-    """Runbook 1.1 on the app host: the app's Alembic sees the suite's database and revision."""
-    commands = (f"python -c {shlex.quote(_URL_PROBE.format(var=url_env))}", "alembic current")
+    """Runbook 1.1 on the app host: the app's Alembic sees the suite's database and revision.
+
+    Both sides ask the server who it is over their own connection: the URLs may differ (a
+    port-forward on the operator's side, a service name in the pod) for the same database.
+    """
+    probe = _FACTS_PROBE.format(var=url_env, sql=FACTS_SQL)
+    commands = (f"python -c {shlex.quote(probe)}", "alembic current")
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:  # both only read
         (probe_rc, probe_out), (current_rc, current_out) = pool.map(
             lambda command: run_on_app_host(host_spec, app_dir, command), commands
         )
+    suite_facts = read_server_facts(suite)
     probe_out, current_out = scrubber.scrub(probe_out), scrubber.scrub(current_out)
-    app_db = _host_db(probe_out.strip().splitlines()[-1] if probe_out.strip() else "")
+    app_url, app_facts, app_error = _app_facts(probe_out)
     revisions = tuple(
         match.group(1)
         for line in current_out.splitlines()
         if (match := _REVISION.match(line.strip())) and "[" not in line and ":" not in line
     )
-    suite_db = mask_url(suite_url)
     evidence = Evidence(
         f"on {host_spec} in {app_dir}",
-        f"$ python -c '<runbook 1.1 URL probe of ${url_env}>'  (rc={probe_rc})\n{app_db}\n"
+        f"$ python -c '<server facts over ${url_env}>'  (rc={probe_rc})\n"
+        f"app: ${url_env} -> {app_url or '(unknown)'}: "
+        f"{app_facts.describe() if app_facts else app_error}\n"
+        f"suite: {suite_facts.describe()}\n"
         f"$ alembic current  (rc={current_rc})\n{current_out.strip()}",
     )
     problems = []
     if probe_rc != 0 or current_rc != 0:
         problems.append(f"a command failed on the app host (rc {probe_rc}, {current_rc})")
-    if app_db != suite_db:
-        problems.append(
-            f"the app's ${url_env} points at {app_db or '(unset)'}, the suite at {suite_db}"
-        )
+    if app_facts is None:
+        problems.append(f"the app could not read its database over ${url_env}: {app_error}")
+    else:
+        if app_facts.database != suite_facts.database:
+            problems.append(
+                f"the app's ${url_env} reaches database {app_facts.database}, "
+                f"the suite checks {suite_facts.database}"
+            )
+        if app_facts.server() != suite_facts.server():
+            problems.append(
+                f"the app's ${url_env} reaches {app_facts.server()}, "
+                f"the suite reaches {suite_facts.server()}"
+            )
     if revisions != suite_revisions:
         problems.append(
             f"the app's `alembic current` says {', '.join(revisions) or '(empty)'}, "
@@ -71,7 +163,7 @@ def check_app_sees_same_database(
         return failed(
             Failure(
                 "The app's Alembic does not see the database the suite checks",
-                expected=f"{suite_db} at {', '.join(suite_revisions) or '(empty)'}",
+                expected=(f"{suite_facts.describe()} at {', '.join(suite_revisions) or '(empty)'}"),
                 seen="\n".join(problems),
                 remedy=(
                     f"Postgres and Alembic must see the same DB (runbook 1.1): compare "
@@ -81,13 +173,10 @@ def check_app_sees_same_database(
             ),
             evidence,
         )
-    return passed(f"app on {host_spec} sees {app_db} at {', '.join(revisions)}", evidence)
-
-
-def _host_db(probe_line: str) -> str:
-    """``host:port/db?opts`` (the runbook's probe output) as ``host:port/db``."""
-    location = probe_line.split("?", 1)[0].strip()
-    return mask_url(f"postgresql://{location}") if location else ""
+    return passed(
+        f"app on {host_spec} sees {app_url}: {suite_facts.describe()} at {', '.join(revisions)}",
+        evidence,
+    )
 
 
 def check_backfill_dry_run(

@@ -452,7 +452,10 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         }
     )
     if state.session.ephemeral is not None:
-        state.record.environment["ephemeral provider"] = state.session.ephemeral.provider
+        ephemeral = state.session.ephemeral
+        state.record.environment["ephemeral provider"] = (
+            f"{ephemeral.provider} ({ephemeral.provider_reason})"
+        )
 
 
 def _refuse(state: RunState, refused: TargetRefused) -> NoReturn:

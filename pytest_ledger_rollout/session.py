@@ -163,6 +163,8 @@ def open_target_session(
         scrubber.register(ephemeral.password)
         url = ephemeral.url
         expected_host, expected_db = ephemeral.host, ephemeral.database
+        # A container's server reports its own network address, not the published 127.0.0.1.
+        server_addr = ephemeral.server_addresses
     else:
         assert target.url is not None
         url = target.url.render_as_string(hide_password=False)

@@ -15,6 +15,7 @@ import sys
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import cast
 from urllib.parse import quote
 
@@ -207,16 +208,18 @@ def test_auto_without_docker_engine_picks_local_fast(
 ) -> None:
     require_binaries()
     started = time.monotonic()
-    assert not containers.docker_engine_available()
+    found = containers.probe(EphemeralSettings().image)
     assert time.monotonic() - started < 1
+    assert not found.usable and found.reason.startswith("no Docker engine answers at unix://")
     with start_ephemeral(EphemeralSettings(provider="auto")) as server:
         assert server.provider == "local"
+    assert server.provider_reason == f"local: {found.reason}, so auto uses local binaries"
 
 
 def test_testcontainers_without_engine_says_so(no_docker_engine: None) -> None:
-    with pytest.raises(EphemeralUnavailable, match="needs a running Docker engine") as caught:
+    with pytest.raises(EphemeralUnavailable, match="no Docker engine answers") as caught:
         start_ephemeral(EphemeralSettings(provider="testcontainers"))
-    assert "provider=local" in str(caught.value)
+    assert "start one (or point DOCKER_HOST at it), or use provider=local" in str(caught.value)
 
 
 def test_missing_binaries_name_what_to_install(tmp_path: Path, no_docker_engine: None) -> None:
@@ -257,6 +260,18 @@ class FakePostgresContainer:
     def __init__(self, **kwargs: str) -> None:
         self.kwargs = kwargs
         self.stopped = False
+        self.name = ""
+
+    def with_name(self, name: str) -> FakePostgresContainer:
+        self.name = name
+        return self
+
+    def get_container_id(self) -> str:
+        return "f" * 64
+
+    def get_wrapped_container(self) -> SimpleNamespace:
+        settings = {"IPAddress": "", "Networks": {"bridge": {"IPAddress": "172.17.0.9"}}}
+        return SimpleNamespace(reload=lambda: None, attrs={"NetworkSettings": settings})
 
     def start(self) -> None:
         if self.failure is not None:
@@ -275,7 +290,7 @@ class FakePostgresContainer:
 @pytest.fixture
 def fake_engine(monkeypatch: pytest.MonkeyPatch) -> type[FakePostgresContainer]:
     fake = type("Fake", (FakePostgresContainer,), {})
-    monkeypatch.setattr(containers, "docker_engine_available", lambda: True)
+    monkeypatch.setattr(containers, "probe", lambda image: containers.EngineProbe(True, "fake"))
     monkeypatch.setattr(containers, "_postgres_container_class", lambda: fake)
     return fake
 
@@ -296,6 +311,8 @@ def test_testcontainers_server_has_the_local_url_shape(
         assert server.url == (
             f"postgresql+psycopg://rollout:{quote(server.password, safe='')}@127.0.0.1:49153/ledger"
         )
+        assert server.server_addresses == ("172.17.0.9",)
+        assert container.name == server.name and server.name.startswith("ledger-rollout-pg-")
     assert container.stopped
 
 
@@ -308,17 +325,3 @@ def test_testcontainers_start_failure_hides_the_password(
         start_ephemeral(EphemeralSettings(provider="testcontainers"))
     assert "s3cret" not in str(caught.value)
     assert caught.value.__cause__ is None and caught.value.__context__ is None
-
-
-def test_testcontainers_provider_when_an_engine_answers() -> None:
-    if not containers.docker_engine_available():
-        pytest.skip("no Docker engine")
-    with start_ephemeral(EphemeralSettings(provider="testcontainers")) as server:
-        assert server.provider == "testcontainers"
-        assert server.url.startswith("postgresql+psycopg://rollout:")
-        engine = create_engine(server.url)
-        try:
-            with engine.connect() as conn:
-                assert conn.execute(text("select current_database()")).scalar_one() == "ledger"
-        finally:
-            engine.dispose()

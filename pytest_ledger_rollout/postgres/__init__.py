@@ -2,7 +2,7 @@
 
 Two providers: ``testcontainers`` (a pinned image in Docker) and ``local`` (the PostgreSQL
 server binaries installed on this machine). ``auto`` picks testcontainers when a Docker engine
-answers, else local binaries.
+answers and has the image or can pull it, else local binaries; the server says which and why.
 
 The providers are imported inside :func:`start_ephemeral` so that importing this package stays
 cheap (testcontainers pulls in SQLAlchemy) and the watchdog child starts fast.
@@ -60,6 +60,13 @@ class EphemeralServer(ABC):
         )
 
     stopped: bool = field(default=False, init=False, repr=False)
+    # Which provider ran and why, in one line (for the report's environment).
+    provider_reason: str = field(default="", init=False)
+
+    @property
+    def server_addresses(self) -> tuple[str, ...]:
+        """What inet_server_addr() reports on this server: what proves a connection reached it."""
+        return (self.host,)
 
     def stop(self) -> None:
         """Idempotent: afterwards no server process or container and no temp files remain."""
@@ -88,9 +95,16 @@ class EphemeralServer(ABC):
 def start_ephemeral(settings: EphemeralSettings) -> EphemeralServer:
     from . import containers, local
 
-    if settings.provider != "local":
-        if containers.docker_engine_available():
-            return containers.start(settings)
-        if settings.provider == "testcontainers":
-            raise EphemeralUnavailable(containers.NO_ENGINE)
-    return local.start(settings)
+    server: EphemeralServer
+    if settings.provider == "local":
+        server, reason = local.start(settings), "provider = local (configured)"
+    else:
+        found = containers.probe(settings.image)
+        if found.usable:
+            server, reason = containers.start(settings), found.reason
+        elif settings.provider == "testcontainers":
+            raise containers.unavailable(found)
+        else:
+            server, reason = local.start(settings), f"{found.reason}, so auto uses local binaries"
+    server.provider_reason = f"{server.provider}: {reason}"
+    return server

@@ -1,7 +1,8 @@
-"""testcontainers provider: the pinned PostgreSQL image in a Docker container.
+"""testcontainers provider: the configured PostgreSQL image in a Docker container.
 
-If this process dies without stopping it, testcontainers' Ryuk reaper removes the container
-(unless TESTCONTAINERS_RYUK_DISABLED is set).
+The container has a name chosen before it is created, and a watchdog process removes it by that
+name if this process dies without stopping it (SIGKILL included), so cleanup does not depend on
+testcontainers' Ryuk reaper (often disabled: its image must be pulled, its socket mounted).
 """
 
 from __future__ import annotations
@@ -9,13 +10,15 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import secrets
 import socket
+import subprocess
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from . import EphemeralServer, EphemeralSettings, EphemeralUnavailable
+from . import EphemeralServer, EphemeralSettings, EphemeralUnavailable, watchdog
 from .local import SUPERUSER, new_password
 
 if TYPE_CHECKING:
@@ -23,19 +26,41 @@ if TYPE_CHECKING:
 
 PROBE_TIMEOUT = 3  # seconds; without an engine the probe fails in milliseconds anyway
 DEFAULT_DOCKER_HOST = "unix:///var/run/docker.sock"  # docker-py's default too
-NO_ENGINE = (
-    "provider=testcontainers needs a running Docker engine and none answers;\n"
-    "start one (or point DOCKER_HOST at it), or use provider=local"
-)
+NO_ENGINE_FIX = "start one (or point DOCKER_HOST at it), or use provider=local"
+NO_IMAGE_FIX = "build or pull it, or use provider=local, or set [targets.NAME] image to one it has"
 CONTAINER_PORT = 5432
+NAME_PREFIX = "ledger-rollout-pg-"
+
+
+@dataclass(frozen=True)
+class EngineProbe:
+    """Whether testcontainers can run ``image`` here, and why (one line for the report)."""
+
+    usable: bool
+    reason: str
+    fix: str = ""  # when not usable: what to do, in one sentence
 
 
 @dataclass(eq=False)
 class ContainerServer(EphemeralServer):
     container: PostgresContainer = field(repr=False)
+    guard: subprocess.Popen[bytes] = field(repr=False)  # the watchdog; EOF on its stdin = remove
+    name: str = ""
+    container_id: str = ""
+    # The container's own addresses on its networks, as the engine reports them.
+    network_addresses: tuple[str, ...] = ()
+
+    @property
+    def server_addresses(self) -> tuple[str, ...]:
+        return self.network_addresses
 
     def _shut_down(self) -> None:
-        self.container.stop()  # removes the container and its volumes
+        try:
+            self.container.stop()  # removes the container and its volumes
+        except Exception:
+            watchdog.release(self.guard)  # EOF without "released": the watchdog removes it
+            raise
+        watchdog.release(self.guard, watchdog.RELEASED)
 
 
 def _only_default_engine_configured() -> bool:
@@ -48,31 +73,51 @@ def _only_default_engine_configured() -> bool:
     )
 
 
-def docker_engine_available() -> bool:
-    """One quick probe, resolving the engine the way testcontainers will (DOCKER_HOST, config)."""
+def probe(image: str) -> EngineProbe:
+    """One quick probe, resolving the engine the way testcontainers will (DOCKER_HOST, config),
+    then the image: present on the engine, or known to its registry (so it can be pulled)."""
     # The common case, no engine and nothing configured, is answered without importing
     # docker-py and testcontainers (~70 ms of every run).
     if _only_default_engine_configured() and not _unix_socket_answers(
         DEFAULT_DOCKER_HOST.removeprefix("unix://")
     ):
-        return False
-    from docker.errors import DockerException
+        return EngineProbe(
+            False, f"no Docker engine answers at {DEFAULT_DOCKER_HOST}", NO_ENGINE_FIX
+        )
+    from docker.errors import DockerException, ImageNotFound
     from requests import RequestException
     from testcontainers.core.docker_client import DockerClient, get_docker_host
 
     host = get_docker_host() or DEFAULT_DOCKER_HOST
+    no_engine = EngineProbe(False, f"no Docker engine answers at {host}", NO_ENGINE_FIX)
     # docker-py leaks the socket of a failed unix connect (a ResourceWarning, an error under
     # pytest -W error), so a dead unix socket is detected here first.
     if host.startswith("unix://") and not _unix_socket_answers(host.removeprefix("unix://")):
-        return False
+        return no_engine
     try:
         client = DockerClient(timeout=PROBE_TIMEOUT)  # fetches the API version
     except DockerException:
-        return False
+        return no_engine
     try:
-        return bool(client.client.ping())
+        if not client.client.ping():
+            return no_engine
+        try:
+            client.client.images.get(image)
+            return EngineProbe(True, f"the Docker engine at {host} has the image {image}")
+        except ImageNotFound:
+            pass
+        try:
+            client.client.images.get_registry_data(image)
+            return EngineProbe(True, f"the Docker engine at {host} can pull the image {image}")
+        except DockerException as exc:
+            why = str(getattr(exc, "explanation", None) or exc).splitlines()[0][:200]
+            return EngineProbe(
+                False,
+                f"the Docker engine at {host} has no image {image} and cannot pull it ({why})",
+                NO_IMAGE_FIX,
+            )
     except (DockerException, RequestException):
-        return False
+        return no_engine
     finally:
         client.client.close()
 
@@ -87,6 +132,10 @@ def _unix_socket_answers(path: str) -> bool:
     return True
 
 
+def unavailable(found: EngineProbe) -> EphemeralUnavailable:
+    return EphemeralUnavailable(f"provider=testcontainers cannot run: {found.reason};\n{found.fix}")
+
+
 def _postgres_container_class() -> type[PostgresContainer]:
     try:
         from testcontainers.community.postgres import PostgresContainer
@@ -97,12 +146,33 @@ def _postgres_container_class() -> type[PostgresContainer]:
     return PostgresContainer
 
 
+def _watchdog_env() -> dict[str, str]:
+    """The watchdog must reach the engine testcontainers uses (its config file included), and
+    gets nothing else of the operator's (no DATABASE_URL, no webhook secret)."""
+    from testcontainers.core.docker_client import get_docker_host
+
+    docker = {k: v for k, v in os.environ.items() if k.startswith("DOCKER_")}
+    host = get_docker_host()
+    return {**watchdog.child_environment(), **docker, **({"DOCKER_HOST": host} if host else {})}
+
+
+def _network_addresses(container: PostgresContainer) -> tuple[str, ...]:
+    wrapped = container.get_wrapped_container()
+    wrapped.reload()  # the cached attrs are the create response's, before any network
+    settings = wrapped.attrs["NetworkSettings"]
+    networks = list((settings.get("Networks") or {}).values())
+    found = {settings.get("IPAddress")}
+    found |= {net.get(key) for net in networks for key in ("IPAddress", "GlobalIPv6Address")}
+    return tuple(sorted(address for address in found if address))
+
+
 def start(settings: EphemeralSettings) -> ContainerServer:
-    """Start a container; the caller has checked docker_engine_available()."""
+    """Start a container; the caller has probed the engine and the image."""
     from docker.errors import DockerException
 
     container_class = _postgres_container_class()
     password = new_password()
+    name = NAME_PREFIX + secrets.token_hex(6)
     try:
         container = container_class(
             image=settings.image,
@@ -110,9 +180,12 @@ def start(settings: EphemeralSettings) -> ContainerServer:
             password=password,
             dbname=settings.database,
             driver="psycopg",
-        )
+        ).with_name(name)
+        env = _watchdog_env()
     except DockerException as exc:
-        raise EphemeralUnavailable(NO_ENGINE) from exc
+        raise unavailable(EngineProbe(False, "no Docker engine answers", NO_ENGINE_FIX)) from exc
+    # Before the container exists; it outlives us on purpose.
+    guard = watchdog.spawn(watchdog.CONTAINER, name, env=env)
     server = ContainerServer(
         provider="testcontainers",
         host="127.0.0.1",
@@ -121,6 +194,8 @@ def start(settings: EphemeralSettings) -> ContainerServer:
         password=password,
         database=settings.database,
         container=container,
+        guard=guard,
+        name=name,
     )
     atexit.register(server.stop)
     failure = None
@@ -129,6 +204,8 @@ def start(settings: EphemeralSettings) -> ContainerServer:
         host = container.get_container_host_ip()
         server.host = "127.0.0.1" if host == "localhost" else host  # same URL shape as local
         server.port = int(container.get_exposed_port(CONTAINER_PORT))
+        server.container_id = container.get_container_id()
+        server.network_addresses = _network_addresses(container)
     except Exception as exc:
         with contextlib.suppress(Exception):  # the start failure is the news, not this
             server.stop()

@@ -20,7 +20,6 @@ import secrets
 import shlex
 import shutil
 import subprocess
-import sys
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -63,16 +62,7 @@ class LocalServer(EphemeralServer):
         try:
             watchdog.shutdown(self.cluster, spare={self.guard.pid})
         finally:
-            self._release_guard()
-
-    def _release_guard(self) -> None:
-        assert self.guard.stdin is not None
-        self.guard.stdin.close()  # the watchdog finds nothing left to do and exits
-        try:
-            self.guard.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            self.guard.kill()
-            self.guard.wait()
+            watchdog.release(self.guard)  # it finds nothing left to do and exits
 
 
 def find_bindir(settings: EphemeralSettings) -> str:
@@ -154,15 +144,7 @@ def start(settings: EphemeralSettings) -> LocalServer:
     cluster = Cluster(bindir, tmpdir, uid, gid)
     # Before anything that can leave a process behind; it outlives us on purpose.
     try:
-        guard = subprocess.Popen(
-            [sys.executable, "-I", watchdog.__file__, *cluster.argv()],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd="/",
-            env=watchdog.child_environment(),  # it runs pg_ctl stop: the same as the others
-            start_new_session=True,  # Ctrl-C goes to the foreground group; it must not hit this
-        )
+        guard = watchdog.spawn(*cluster.argv(), env=watchdog.child_environment())
     except BaseException:
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise

@@ -1,12 +1,14 @@
-"""Crash safety for local servers: a child process that tears the cluster down when we die.
+"""Crash safety: a child process that tears a throwaway server down when we die.
 
 The parent keeps the write end of the child's stdin pipe. The kernel closes it whenever the
-parent exits, however it exits (SIGKILL included), so EOF on stdin is the signal to stop the
-postmaster and remove the temp dir. pg_ctl puts the postmaster in its own session, so nothing
-else would stop it.
+parent exits, however it exits (SIGKILL included), so EOF on stdin is the signal to clean up:
+for a local cluster, stop the postmaster and remove the temp dir (pg_ctl puts the postmaster in
+its own session, so nothing else would stop it); for a container, remove it by name, so that
+cleanup never depends on testcontainers' Ryuk reaper.
 
-Stdlib only, and run by file path with ``python -I`` so that it starts fast and does not depend
-on how the parent found this package. ``shutdown`` is shared with ``LocalServer.stop``.
+Run by file path with ``python -I`` so that it starts fast and does not depend on how the parent
+found this package; stdlib only, except docker-py for containers. ``shutdown`` is shared with
+``LocalServer.stop``.
 """
 
 from __future__ import annotations
@@ -132,10 +134,67 @@ def postmaster_pid(cluster: Cluster) -> int | None:
     return pid if pid > 0 and pid in processes_using(cluster.datadir) else None
 
 
+CONTAINER = "container"  # first argument of a container watchdog: container NAME
+RELEASED = b"released"  # written by a parent that removed its container itself
+CONTAINER_CREATE_GRACE = 3  # seconds a create sent just before the parent died may take
+
+
+def spawn(*args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+    """Start a watchdog; it outlives its parent on purpose."""
+    return subprocess.Popen(
+        [sys.executable, "-I", __file__, *args],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        cwd="/",
+        env=env,
+        start_new_session=True,  # Ctrl-C goes to the foreground group; it must not hit this
+    )
+
+
+def release(guard: subprocess.Popen[bytes], message: bytes = b"") -> None:
+    """Tell the watchdog we cleaned up ourselves, and let it exit."""
+    assert guard.stdin is not None
+    with contextlib.suppress(BrokenPipeError):
+        guard.stdin.write(message)
+    with contextlib.suppress(BrokenPipeError):
+        guard.stdin.close()
+    try:
+        guard.wait(timeout=5)
+    except subprocess.TimeoutExpired:
+        guard.kill()
+        guard.wait()
+
+
+def remove_container(name: str) -> None:
+    """Force-remove the container and its volumes; a create still in flight is waited for."""
+    import docker  # the engine is the one in DOCKER_HOST, as the parent resolved it
+    from docker.errors import DockerException, NotFound
+
+    client = docker.from_env()
+    deadline = time.monotonic() + CONTAINER_CREATE_GRACE
+    try:
+        while True:
+            try:
+                client.containers.get(name).remove(force=True, v=True)
+                return
+            except NotFound:
+                if time.monotonic() > deadline:
+                    return
+            except DockerException:
+                return  # the engine is gone, and its containers with it
+            time.sleep(0.2)
+    finally:
+        client.close()
+
+
 def main(argv: list[str]) -> int:
-    cluster = Cluster.from_argv(argv)
-    sys.stdin.buffer.read()  # returns at EOF: the parent closed the pipe or died
-    shutdown(cluster)
+    message = sys.stdin.buffer.read()  # returns at EOF: the parent closed the pipe or died
+    if argv[0] == CONTAINER:
+        if message != RELEASED:
+            remove_container(argv[1])
+    else:
+        shutdown(Cluster.from_argv(argv))
     return 0
 
 

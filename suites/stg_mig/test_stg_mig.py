@@ -64,7 +64,7 @@ def test_app_alembic_sees_same_database(
             target.app_host,
             target.app_dir,
             target.database_url_env,
-            rollout_target.url,
+            db,
             alembic_project.current(db),
             evidence.scrubber,
         )
