@@ -50,6 +50,7 @@ def _pdftotext() -> str:
 
 
 def _page(html: Path, folder: Path, scripts: bool) -> Path:
+    html = html.resolve()
     if scripts:
         return html
     copy = folder / f"noscript-{html.name}"
@@ -94,6 +95,6 @@ def screenshot(html: Path, png: Path, *, scripts: bool = True) -> Path:
 if __name__ == "__main__":
     if len(sys.argv) not in (2, 3):
         sys.exit("usage: python -m tests.browser REPORT.html [OUT.png]")
-    report = Path(sys.argv[1])
+    report = Path(sys.argv[1]).resolve()
     out = Path(sys.argv[2]) if len(sys.argv) == 3 else report.with_suffix(".png")
     print(screenshot(report, out))
