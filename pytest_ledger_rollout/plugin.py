@@ -453,9 +453,8 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     )
     if state.session.ephemeral is not None:
         ephemeral = state.session.ephemeral
-        state.record.environment["ephemeral provider"] = (
-            f"{ephemeral.provider} ({ephemeral.provider_reason})"
-        )
+        state.record.environment["ephemeral provider"] = ephemeral.provider
+        state.record.environment["ephemeral provider chosen because"] = ephemeral.provider_reason
 
 
 def _refuse(state: RunState, refused: TargetRefused) -> NoReturn:
