@@ -104,7 +104,8 @@ def rollout_target(request: pytest.FixtureRequest) -> TargetSession:
 
 @pytest.fixture(scope="session")
 def alembic_project(rollout_config: RolloutConfig) -> AlembicProject:
-    return AlembicProject(rollout_config.migrations.alembic_ini)
+    migrations = rollout_config.migrations
+    return AlembicProject(migrations.alembic_ini, migrations.base_schema)
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from sqlalchemy.exc import OperationalError
 from .config import RolloutConfig
 from .masking import Scrubber, mask_url
 from .metrics.webhook_watch import WebhookWatchThresholds
-from .migrations import AlembicProject
+from .migrations import AlembicProject, MigrationError, not_replayable
 from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION, Phase
 from .postgres import EphemeralServer, EphemeralSettings, start_ephemeral
 from .results import CheckResult, Failure
@@ -38,7 +38,8 @@ class TargetRefused(RuntimeError):
     def __init__(self, result: CheckResult) -> None:
         assert result.failure is not None
         self.result = result
-        super().__init__(f"{result.failure.title}\n{result.failure.seen}")
+        failure = result.failure
+        super().__init__(f"{failure.title}\n{failure.seen}\nWhat to do: {failure.remedy}")
 
 
 @dataclass
@@ -92,9 +93,16 @@ def _start_at_revision(
     server = start_ephemeral(settings)
     try:
         engine = open_engine(server.url, EPHEMERAL, phase, config.session)
-        with engine.connect() as connection:
-            AlembicProject(config.migrations.alembic_ini).upgrade(connection, revision)
-        engine.dispose()
+        project = AlembicProject(config.migrations.alembic_ini, config.migrations.base_schema)
+        try:
+            with engine.connect() as connection:
+                project.create_base_schema(connection)
+                project.upgrade(connection, revision)
+        except MigrationError as exc:
+            failure = not_replayable(project, exc)
+            raise TargetRefused(CheckResult(summary=failure.title, failure=failure)) from None
+        finally:
+            engine.dispose()
     except BaseException:
         server.stop()
         raise

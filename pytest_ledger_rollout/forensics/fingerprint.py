@@ -165,6 +165,9 @@ class Fingerprint:
         return cls(frozenset(SchemaObject(*row) for row in rows))
 
 
+EMPTY = Fingerprint(frozenset())
+
+
 def fingerprint(connection: Connection, ignore_tables: Sequence[str] = ()) -> Fingerprint:
     """The schema as the catalog shows it now (read-only; one statement)."""
     rows = connection.execute(_CATALOG)

@@ -12,19 +12,18 @@ import hashlib
 import os
 import uuid
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from alembic.runtime.environment import EnvironmentContext
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 
-from ..migrations import AlembicProject
-from .fingerprint import Fingerprint, SchemaLog, fingerprint
+from ..migrations import AlembicProject, MigrationError, not_replayable
+from ..results import DodFailure
+from .fingerprint import EMPTY, Fingerprint, SchemaLog, fingerprint
 
 
 @dataclass(frozen=True)
@@ -33,6 +32,8 @@ class History:
     order: tuple[str, ...]  # topological, base first
     parents: dict[str, tuple[str, ...]]
     fingerprints: dict[str, Fingerprint]
+    # The schema before the first revision: empty, or what [migrations] base_schema creates.
+    base: Fingerprint = EMPTY
 
     def ancestors(self, revision: str) -> set[str]:
         seen: set[str] = set()
@@ -47,13 +48,16 @@ class History:
 
 def scripts_sha256(project: AlembicProject) -> str:
     """Hash of env.py and every revision script (path relative to the script folder + bytes)."""
-    files = [Path(project.script.dir) / "env.py"]
+    files = [project.env_py]
+    if project.base_schema is not None:
+        files.append(Path(project.base_schema.rpartition(":")[0] or project.base_schema))
     files += [Path(str(s.path)) for s in project.script.walk_revisions()]
     digest = hashlib.sha256()
     for path in sorted(files):
         # Names relative to alembic.ini: the same project hashes alike wherever it is checked out.
         name = os.path.relpath(path, project.alembic_ini.parent)
-        digest.update(name.encode() + b"\0" + path.read_bytes() + b"\0")
+        body = path.read_bytes() if path.is_file() else b""  # a module base_schema: its name
+        digest.update(name.encode() + b"\0" + body + b"\0")
     return digest.hexdigest()
 
 
@@ -84,7 +88,33 @@ def fingerprint_history(project: AlembicProject, server_url: str) -> History:
         order=order,
         parents={r.id: r.down for r in revisions},
         fingerprints=found,
+        base=base_fingerprint(project, server_url),
     )
+
+
+def base_fingerprint(project: AlembicProject, server_url: str) -> Fingerprint:
+    if project.base_schema is None:
+        return EMPTY
+    with scratch_database(server_url) as connection:
+        project.create_base_schema(connection)
+        return fingerprint(connection)
+
+
+def _replay(
+    project: AlembicProject,
+    connection: Connection,
+    destination: str,
+    on_step: Callable[[MigrationContext, MigrationInfo, set[str]], None] | None = None,
+    *,
+    upgrade: bool = True,
+) -> None:
+    """One env.py run on a scratch database; a failing revision is the structured failure."""
+    try:
+        project.run(connection, destination, upgrade=upgrade, on_step=on_step)
+    except MigrationError as exc:
+        if not upgrade:
+            raise
+        raise DodFailure(not_replayable(project, exc)) from None
 
 
 @contextmanager
@@ -115,51 +145,61 @@ def _walk(
     *,
     incremental: bool,
 ) -> dict[str, Fingerprint] | None:
-    """``alembic upgrade destination`` on a new scratch database in one env.py run,
-    fingerprinting after every step that leaves its revision as the only head and that
-    ``known`` lacks (same connection, so uncommitted DDL is visible). Incrementally where the
-    server allows; None when the last step's incremental fingerprint differs from a full read."""
-    script = project.script
+    """``alembic upgrade destination`` on a new scratch database (from the base schema) in one
+    env.py run, fingerprinting after every step that leaves its revision as the only head and
+    that ``known`` lacks (same connection, so uncommitted DDL is visible). Incrementally where
+    the server allows; None when the incremental fingerprint differs from a full read at the
+    end."""
     recorded: dict[str, Fingerprint] = {}
-    confirmed = True
-    steps_left = 0
-
     with scratch_database(server_url) as connection:
+        project.create_base_schema(connection)
         log = SchemaLog() if incremental and SchemaLog.install(connection) else None
+        if log is not None:
+            log.read(connection)  # the base schema, read in full
 
-        def record(
-            *, ctx: MigrationContext, step: MigrationInfo, heads: set[str], run_args: Any
-        ) -> None:
-            nonlocal confirmed, steps_left
+        def record(ctx: MigrationContext, step: MigrationInfo, heads: set[str]) -> None:
             assert ctx.connection is not None
-            steps_left -= 1
             revision = step.up_revision_id
-            wanted = revision is not None and heads == {revision} and revision not in known
-            if log is None:
-                if wanted:
-                    recorded[str(revision)] = fingerprint(ctx.connection)
+            if revision is None or heads != {revision} or revision in known:
                 return
-            if wanted or not steps_left:
-                current = log.read(ctx.connection)
-                if wanted:
-                    recorded[str(revision)] = current
-                if not steps_left:
-                    confirmed = current == fingerprint(ctx.connection)
+            recorded[revision] = (log.read if log else fingerprint)(ctx.connection)
 
-        def steps(revision: Any, context: MigrationContext) -> Any:
-            # env.py passes its own configure() options, so the callback is attached here,
-            # where Alembic hands over the context it built (the hook command.upgrade uses).
-            nonlocal steps_left
-            context.on_version_apply_callbacks = (*context.on_version_apply_callbacks, record)
-            upgrades = script._upgrade_revs(destination, revision)
-            steps_left = len(upgrades)
-            return upgrades
+        _replay(project, connection, destination, record)
+        if log is not None and log.read(connection) != fingerprint(connection):
+            return None
+    return recorded
 
-        config = project._config(connection)
+
+def prove_downgrades(
+    project: AlembicProject, history: History, revisions: Sequence[str], server_url: str
+) -> list[str]:
+    """Downgrade ``revisions`` (oldest first) one by one from head on a scratch database, in
+    one env.py run, comparing each step's schema with the fingerprint of the revision it goes
+    back to. Returns one line per revision: ``ok``, or what is wrong (first failure stops)."""
+    if not revisions:
+        return []
+    lines: list[str] = []
+    destination = project.down_revision(revisions[0]) or "base"
+    with scratch_database(server_url) as connection:
+        project.create_base_schema(connection)
+        _replay(project, connection, "heads")
+
+        def compare(ctx: MigrationContext, step: MigrationInfo, heads: set[str]) -> None:
+            assert ctx.connection is not None
+            back_to = step.down_revision_ids
+            expected = history.fingerprints[back_to[0]] if back_to else history.base
+            differences = expected.differences(fingerprint(ctx.connection))
+            verdict = (
+                "restores " + (back_to[0] if back_to else "base")
+                if not differences
+                else f"DOES NOT RESTORE {back_to[0] if back_to else 'base'}: "
+                + "; ".join(d.line() for d in differences[:5])
+                + (f" (+{len(differences) - 5} more)" if len(differences) > 5 else "")
+            )
+            lines.append(f"{step.up_revision_id}: downgrade {verdict}")
+
         try:
-            with EnvironmentContext(config, script, fn=steps, destination_rev=destination):
-                script.run_env()
-        finally:
-            if connection.in_transaction():
-                connection.rollback()  # a scratch database: nothing to keep
-    return recorded if confirmed else None
+            _replay(project, connection, destination, compare, upgrade=False)
+        except MigrationError as exc:
+            lines.append(f"{exc.revision}: downgrade FAILS: {exc}")
+    return lines

@@ -35,7 +35,7 @@ def read_state(
     history: History, live: Fingerprint, claimed: Sequence[str], ignore_tables: Sequence[str]
 ) -> SchemaState:
     live = live.without(ignore_tables)
-    schemas = {BASE: Fingerprint(frozenset())} | {
+    schemas = {BASE: history.base.without(ignore_tables)} | {
         rev: history.fingerprints[rev].without(ignore_tables) for rev in history.order
     }
     differences = {rev: schema.differences(live) for rev, schema in schemas.items()}
