@@ -10,7 +10,7 @@ import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 from alembic.config import Config
 from alembic.runtime.environment import EnvironmentContext
@@ -86,6 +86,12 @@ class AlembicProject:
         if url is not None:
             # configparser interpolation: every % of a URL-quoted password doubled.
             config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        return config
+
+    def offline_config(self, url: str, output: TextIO) -> Config:
+        """A config for `--sql` rendering to ``output`` (offline mode never connects)."""
+        config = self._config(url)
+        config.output_buffer = output
         return config
 
     def heads(self) -> tuple[str, ...]:

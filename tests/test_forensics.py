@@ -404,8 +404,8 @@ def test_non_concurrent_index_on_a_large_table(empty_db: Engine) -> None:
         connection.commit()
         connection.execute(text("ANALYZE events"))
         pending = read_pending(HAZARDS, connection)
-        small = check_lock_hazards(connection, pending.sql, ForensicsConfig())
-        large = check_lock_hazards(connection, pending.sql, ForensicsConfig(large_table_rows=1000))
+        small = check_lock_hazards(connection, pending, ForensicsConfig())
+        large = check_lock_hazards(connection, pending, ForensicsConfig(large_table_rows=1000))
     assert small.ok, small.failure
     assert "require-concurrent-index-creation" in small.evidence[0].body
     text_ = failure_text(large)

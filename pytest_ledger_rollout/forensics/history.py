@@ -12,9 +12,9 @@ import hashlib
 import os
 import uuid
 import warnings
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alembic.runtime.migration import MigrationContext, MigrationInfo
@@ -34,6 +34,8 @@ class History:
     fingerprints: dict[str, Fingerprint]
     # The schema before the first revision: empty, or what [migrations] base_schema creates.
     base: Fingerprint = EMPTY
+    # revision -> what its downgrade did on the walk's database (absent: not proven).
+    downgrades: dict[str, str] = field(default_factory=dict)
 
     def ancestors(self, revision: str) -> set[str]:
         seen: set[str] = set()
@@ -63,22 +65,27 @@ def scripts_sha256(project: AlembicProject) -> str:
 
 def fingerprint_history(project: AlembicProject, server_url: str) -> History:
     """Walk the whole history on scratch databases of the server at ``server_url`` (an
-    ephemeral server: it needs CREATE DATABASE); they are dropped afterwards."""
+    ephemeral server: it needs CREATE DATABASE); they are dropped afterwards. The first walk
+    also downgrades from head, proving each revision's downgrade (see ``_prove_downgrades``)."""
     revisions = project.revisions()
     order = tuple(r.id for r in reversed(revisions))
     found: dict[str, Fingerprint] = {}
+    downgrades: dict[str, str] = {}
+    base = EMPTY
     destination = "heads"
     while True:
-        recorded = _walk(project, server_url, destination, found, incremental=True)
-        if recorded is None:
+        walked = _walk(project, server_url, destination, found, incremental=True)
+        if walked is None:
             warnings.warn(
                 f"fingerprints read step by step differ from a full catalog read after "
                 f"`upgrade {destination}`: walked again with full reads",
                 stacklevel=2,
             )
-            recorded = _walk(project, server_url, destination, found, incremental=False)
-            assert recorded is not None
-        found.update(recorded)
+            walked = _walk(project, server_url, destination, found, incremental=False)
+            assert walked is not None
+        found.update(walked.recorded)
+        if destination == "heads":
+            downgrades, base = walked.downgrades, walked.base
         missing = [rev for rev in order if rev not in found]
         if not missing:
             break
@@ -88,33 +95,9 @@ def fingerprint_history(project: AlembicProject, server_url: str) -> History:
         order=order,
         parents={r.id: r.down for r in revisions},
         fingerprints=found,
-        base=base_fingerprint(project, server_url),
+        base=base,
+        downgrades=downgrades,
     )
-
-
-def base_fingerprint(project: AlembicProject, server_url: str) -> Fingerprint:
-    if project.base_schema is None:
-        return EMPTY
-    with scratch_database(server_url) as connection:
-        project.create_base_schema(connection)
-        return fingerprint(connection)
-
-
-def _replay(
-    project: AlembicProject,
-    connection: Connection,
-    destination: str,
-    on_step: Callable[[MigrationContext, MigrationInfo, set[str]], None] | None = None,
-    *,
-    upgrade: bool = True,
-) -> None:
-    """One env.py run on a scratch database; a failing revision is the structured failure."""
-    try:
-        project.run(connection, destination, upgrade=upgrade, on_step=on_step)
-    except MigrationError as exc:
-        if not upgrade:
-            raise
-        raise DodFailure(not_replayable(project, exc)) from None
 
 
 @contextmanager
@@ -137,6 +120,17 @@ def scratch_database(server_url: str) -> Iterator[Connection]:
         admin.dispose()
 
 
+@dataclass(frozen=True)
+class _Walked:
+    recorded: dict[str, Fingerprint]
+    downgrades: dict[str, str]
+    base: Fingerprint
+
+
+class _Stop(Exception):
+    """Ends the downgrade pass at the first revision that does not restore its parent."""
+
+
 def _walk(
     project: AlembicProject,
     server_url: str,
@@ -144,62 +138,72 @@ def _walk(
     known: dict[str, Fingerprint],
     *,
     incremental: bool,
-) -> dict[str, Fingerprint] | None:
+) -> _Walked | None:
     """``alembic upgrade destination`` on a new scratch database (from the base schema) in one
     env.py run, fingerprinting after every step that leaves its revision as the only head and
     that ``known`` lacks (same connection, so uncommitted DDL is visible). Incrementally where
     the server allows; None when the incremental fingerprint differs from a full read at the
-    end."""
+    end. After ``upgrade heads``, the downgrades are proven on the same database."""
     recorded: dict[str, Fingerprint] = {}
     with scratch_database(server_url) as connection:
         project.create_base_schema(connection)
+        base = fingerprint(connection)
         log = SchemaLog() if incremental and SchemaLog.install(connection) else None
-        if log is not None:
-            log.read(connection)  # the base schema, read in full
+        read = log.read if log else fingerprint
+        read(connection)  # the base schema, read in full
 
         def record(ctx: MigrationContext, step: MigrationInfo, heads: set[str]) -> None:
             assert ctx.connection is not None
             revision = step.up_revision_id
-            if revision is None or heads != {revision} or revision in known:
-                return
-            recorded[revision] = (log.read if log else fingerprint)(ctx.connection)
-
-        _replay(project, connection, destination, record)
-        if log is not None and log.read(connection) != fingerprint(connection):
-            return None
-    return recorded
-
-
-def prove_downgrades(
-    project: AlembicProject, history: History, revisions: Sequence[str], server_url: str
-) -> list[str]:
-    """Downgrade ``revisions`` (oldest first) one by one from head on a scratch database, in
-    one env.py run, comparing each step's schema with the fingerprint of the revision it goes
-    back to. Returns one line per revision: ``ok``, or what is wrong (first failure stops)."""
-    if not revisions:
-        return []
-    lines: list[str] = []
-    destination = project.down_revision(revisions[0]) or "base"
-    with scratch_database(server_url) as connection:
-        project.create_base_schema(connection)
-        _replay(project, connection, "heads")
-
-        def compare(ctx: MigrationContext, step: MigrationInfo, heads: set[str]) -> None:
-            assert ctx.connection is not None
-            back_to = step.down_revision_ids
-            expected = history.fingerprints[back_to[0]] if back_to else history.base
-            differences = expected.differences(fingerprint(ctx.connection))
-            verdict = (
-                "restores " + (back_to[0] if back_to else "base")
-                if not differences
-                else f"DOES NOT RESTORE {back_to[0] if back_to else 'base'}: "
-                + "; ".join(d.line() for d in differences[:5])
-                + (f" (+{len(differences) - 5} more)" if len(differences) > 5 else "")
-            )
-            lines.append(f"{step.up_revision_id}: downgrade {verdict}")
+            if revision is not None and heads == {revision} and revision not in known:
+                recorded[revision] = read(ctx.connection)
 
         try:
-            _replay(project, connection, destination, compare, upgrade=False)
+            project.run(connection, destination, upgrade=True, on_step=record)
         except MigrationError as exc:
-            lines.append(f"{exc.revision}: downgrade FAILS: {exc}")
-    return lines
+            raise DodFailure(not_replayable(project, exc)) from None
+        if log is not None and log.read(connection) != fingerprint(connection):
+            return None
+        downgrades = (
+            _prove_downgrades(project, connection, {**known, **recorded}, base, read)
+            if destination == "heads"
+            else {}
+        )
+    return _Walked(recorded, downgrades, base)
+
+
+def _prove_downgrades(
+    project: AlembicProject,
+    connection: Connection,
+    fingerprints: dict[str, Fingerprint],
+    base: Fingerprint,
+    read: Callable[[Connection], Fingerprint],
+) -> dict[str, str]:
+    """From head down to base in one env.py run: after each step, is the schema the
+    fingerprint of the revision it went back to? Stops at the first that is not (or fails);
+    the revisions below it stay unproven (absent)."""
+    verdicts: dict[str, str] = {}
+
+    def compare(ctx: MigrationContext, step: MigrationInfo, heads: set[str]) -> None:
+        assert ctx.connection is not None
+        revision, back = str(step.up_revision_id), step.down_revision_ids
+        parent = back[0] if len(back) == 1 else "base" if not back else None
+        expected = base if parent == "base" else fingerprints.get(parent or "")
+        if expected is None or heads != set(back):
+            verdicts[revision] = "downgrade ran; not compared (a branch point)"
+            return
+        differences = expected.differences(read(ctx.connection))
+        if not differences:
+            verdicts[revision] = f"downgrade restores {parent}"
+            return
+        shown = "; ".join(d.line() for d in differences[:5])
+        more = f" (+{len(differences) - 5} more)" if len(differences) > 5 else ""
+        verdicts[revision] = f"downgrade does not restore {parent}: {shown}{more}"
+        raise _Stop
+
+    try:
+        project.run(connection, "base", upgrade=False, on_step=compare)
+    except MigrationError as exc:
+        if not isinstance(exc.__cause__, _Stop) and exc.revision is not None:
+            verdicts[exc.revision] = f"downgrade fails: {exc}"
+    return verdicts
