@@ -147,7 +147,7 @@ class AlembicProject:
         connection.commit()
         planned: list[str] = []
         done: list[str] = []
-        used: list[Connection] = []
+        used: list[int | None] = []  # the backend pid env.py ran the migrations on
 
         def record(
             *, ctx: MigrationContext, step: MigrationInfo, heads: set[str], run_args: Any
@@ -159,7 +159,7 @@ class AlembicProject:
         def steps(revision: Any, context: MigrationContext) -> Any:
             # env.py passes its own configure() options; the callback is attached here.
             if context.connection is not None:
-                used.append(context.connection)
+                used.append(_backend_pid(context.connection))
             context.on_version_apply_callbacks = (*context.on_version_apply_callbacks, record)
             found = (
                 self.script._upgrade_revs(destination, revision)
@@ -189,7 +189,7 @@ class AlembicProject:
             raise _migration_error(failing, exc) from exc
         if connection.in_transaction():
             connection.commit()
-        return Applied(tuple(done), _foreign(connection, used))
+        return Applied(tuple(done), _foreign(_backend_pid(connection), used))
 
     def create_base_schema(self, connection: Connection) -> None:
         """Create the schema the first revision starts from ([migrations] base_schema)."""
@@ -600,15 +600,12 @@ def _backend_pid(connection: Connection) -> int | None:
     return pid if isinstance(pid, int) else None
 
 
-def _foreign(connection: Connection, used: Sequence[Connection]) -> str | None:
+def _foreign(mine: int | None, used: Sequence[int | None]) -> str | None:
     """What env.py ran the migrations on, when it was not the handed-in connection."""
-    if not used or used[0] is connection:
-        return None
-    mine, theirs = _backend_pid(connection), _backend_pid(used[0])
-    if mine is not None and mine == theirs:
+    if not used or used[0] == mine:
         return None
     return (
-        f"env.py ran the migrations on a connection of its own (backend pid {theirs}), not on "
+        f"env.py ran the migrations on a connection of its own (backend pid {used[0]}), not on "
         f"the one the plugin handed in (pid {mine}, which holds the migration lock). The "
         "session limits reached it through the URL; to run under the lock, env.py must use "
         "config.attributes['connection'] when it is set (README: \"Your env.py\")."

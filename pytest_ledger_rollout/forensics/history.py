@@ -149,8 +149,12 @@ def _walk(
         project.create_base_schema(connection)
         base = fingerprint(connection)
         log = SchemaLog() if incremental and SchemaLog.install(connection) else None
-        read = log.read if log else fingerprint
-        read(connection)  # the base schema, read in full
+        if log is not None:
+            log.read(connection)  # the base schema, read in full
+
+        def read(on: Connection) -> Fingerprint:
+            # The log is kept per session: an env.py connection of its own is read in full.
+            return log.read(on) if log is not None and on is connection else fingerprint(on)
 
         def record(ctx: MigrationContext, step: MigrationInfo, heads: set[str]) -> None:
             assert ctx.connection is not None
@@ -159,10 +163,11 @@ def _walk(
                 recorded[revision] = read(ctx.connection)
 
         try:
-            project.run(connection, destination, upgrade=True, on_step=record)
+            applied = project.run(connection, destination, upgrade=True, on_step=record)
         except MigrationError as exc:
             raise DodFailure(not_replayable(project, exc)) from None
-        if log is not None and log.read(connection) != fingerprint(connection):
+        on_mine = applied.foreign_connection is None
+        if log is not None and on_mine and log.read(connection) != fingerprint(connection):
             return None
         downgrades = (
             _prove_downgrades(project, connection, {**known, **recorded}, base, read)
