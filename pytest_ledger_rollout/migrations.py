@@ -315,6 +315,8 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
         )
     try:
         applied = project.upgrade(connection, "head")
+    except EnvPyError as exc:
+        return failed(env_py_failure(exc))
     except MigrationError as exc:
         evidence = Evidence("alembic upgrade head", f"from {start}\n{exc}")
         if "already exists" in exc.error:
@@ -540,6 +542,16 @@ def _rollback_not_ready(revision: str, seen: str, steps: list[str]) -> CheckResu
             remedy=f"Fix the downgrade() of {revision} before widening the rollout (OPS-02).",
         ),
         Evidence("downgrade rehearsal", "\n".join(steps)),
+    )
+
+
+def env_py_failure(exc: EnvPyError) -> Failure:
+    return Failure(
+        "env.py could not be run",
+        expected="env.py runs the migrations on the connection handed in",
+        seen=str(exc),
+        remedy="Make env.py work without the application's runtime when "
+        "config.attributes['connection'] is set (README: \"Your env.py\"), then rerun.",
     )
 
 

@@ -18,7 +18,13 @@ from sqlalchemy.exc import OperationalError
 from .config import RolloutConfig
 from .masking import Scrubber, mask_url
 from .metrics.webhook_watch import WebhookWatchThresholds
-from .migrations import AlembicProject, MigrationError, not_replayable
+from .migrations import (
+    AlembicProject,
+    EnvPyError,
+    MigrationError,
+    env_py_failure,
+    not_replayable,
+)
 from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION, Phase
 from .postgres import EphemeralServer, EphemeralSettings, start_ephemeral
 from .results import CheckResult, Failure
@@ -98,8 +104,12 @@ def _start_at_revision(
             with engine.connect() as connection:
                 project.create_base_schema(connection)
                 project.upgrade(connection, revision)
-        except MigrationError as exc:
-            failure = not_replayable(project, exc)
+        except (MigrationError, EnvPyError) as exc:
+            failure = (
+                not_replayable(project, exc)
+                if isinstance(exc, MigrationError)
+                else env_py_failure(exc)
+            )
             raise TargetRefused(CheckResult(summary=failure.title, failure=failure)) from None
         finally:
             engine.dispose()

@@ -313,13 +313,20 @@ def test_relative_script_location_resolves_against_the_ini(tmp_path: Path) -> No
 
 
 def test_an_env_py_that_cannot_run_is_named(
-    empty_db: ScenarioDb, optuna_with_team_revisions: Path
+    empty_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase, optuna_with_team_revisions: Path
 ) -> None:
+    # Old failure: the raw exception, no word of env.py (an INTERNALERROR on the embedded path).
     env_py = optuna_with_team_revisions.parent / "alembic" / "env.py"
     env_py.write_text("raise RuntimeError('no running event loop')\n")
     with empty_db.engine.connect() as connection, pytest.raises(EnvPyError) as raised:
         AlembicProject(optuna_with_team_revisions).upgrade(connection)
     assert str(raised.value).startswith(f"{env_py} raised RuntimeError: no running event loop")
+    config = rollout_config(tmp_path, optuna_with_team_revisions, ("t2_shard",), OPTUNA_UNIQUE)
+    run = run_phase(config)
+    assert run.result.ret == 1
+    assert "INTERNALERROR" not in run.output
+    assert "env.py could not be run" in run.output
+    assert f"{env_py} raised RuntimeError: no running event loop" in run.output
 
 
 def test_config_without_a_unique_is_a_usage_error(tmp_path: Path) -> None:

@@ -21,7 +21,13 @@ from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 
-from ..migrations import AlembicProject, MigrationError, not_replayable
+from ..migrations import (
+    AlembicProject,
+    EnvPyError,
+    MigrationError,
+    env_py_failure,
+    not_replayable,
+)
 from ..results import DodFailure
 from .fingerprint import EMPTY, Fingerprint, SchemaLog, fingerprint
 
@@ -166,6 +172,8 @@ def _walk(
             applied = project.run(connection, destination, upgrade=True, on_step=record)
         except MigrationError as exc:
             raise DodFailure(not_replayable(project, exc)) from None
+        except EnvPyError as exc:
+            raise DodFailure(env_py_failure(exc)) from None
         on_mine = applied.foreign_connection is None
         if log is not None and on_mine and log.read(connection) != fingerprint(connection):
             return None
