@@ -14,8 +14,14 @@ import threading
 from collections.abc import Iterator
 from pathlib import Path
 
-# Imported before any in-process pytester run: pytester drops the modules a run imports, and
-# an ORM re-imported afterwards no longer matches SQLAlchemy's (KeyError: MANYTOONE).
+# Imported before any in-process pytester run, which drops the modules a run imports: an ORM
+# re-imported afterwards no longer matches SQLAlchemy's (KeyError: MANYTOONE), and MLflow's
+# importlib_metadata backport deletes the stdlib's distribution finder when first imported,
+# so after pytester's restore of sys.meta_path no finder is left and the plugin is not found.
+import importlib_metadata  # noqa: F401
+import mlflow.store.model_registry.dbmodels.models
+import mlflow.store.tracking.dbmodels.initial_models
+import mlflow.store.tracking.dbmodels.models  # noqa: F401
 import optuna
 import optuna.storages._rdb.models
 import pytest

@@ -154,19 +154,26 @@ def _walk(
     with scratch_database(server_url) as connection:
         project.create_base_schema(connection)
         base = fingerprint(connection)
-        log = SchemaLog() if incremental and SchemaLog.install(connection) else None
-        if log is not None:
-            log.read(connection)  # the base schema, read in full
+        incremental = incremental and SchemaLog.install(connection)
+        # The DDL log is kept per session: one SchemaLog per connection the migrations run on
+        # (env.py may open its own), each starting with a full read.
+        logs: dict[int, SchemaLog] = {}
 
         def read(on: Connection) -> Fingerprint:
-            # The log is kept per session: an env.py connection of its own is read in full.
-            return log.read(on) if log is not None and on is connection else fingerprint(on)
+            if not incremental:
+                return fingerprint(on)
+            return logs.setdefault(id(on), SchemaLog()).read(on)
+
+        read(connection)  # the base schema, read in full
+
+        last: list[Fingerprint | None] = [None]  # the last step's read, if it was read
 
         def record(ctx: MigrationContext, step: MigrationInfo, heads: set[str]) -> None:
             assert ctx.connection is not None
             revision = step.up_revision_id
+            last[0] = None
             if revision is not None and heads == {revision} and revision not in known:
-                recorded[revision] = read(ctx.connection)
+                recorded[revision] = last[0] = read(ctx.connection)
 
         try:
             applied = project.run(connection, destination, upgrade=True, on_step=record)
@@ -174,8 +181,11 @@ def _walk(
             raise DodFailure(not_replayable(project, exc)) from None
         except EnvPyError as exc:
             raise DodFailure(env_py_failure(exc)) from None
+        # The incremental reads checked against one full read of the committed result (an env.py
+        # connection of its own is closed by now: the last step's read stands for it).
         on_mine = applied.foreign_connection is None
-        if log is not None and on_mine and log.read(connection) != fingerprint(connection):
+        final = read(connection) if on_mine else last[0]
+        if incremental and final is not None and final != fingerprint(connection):
             return None
         downgrades = (
             _prove_downgrades(project, connection, {**known, **recorded}, base, read)

@@ -90,13 +90,17 @@ def _offline_url() -> Iterator[None]:
             os.environ["DATABASE_URL"] = previous
 
 
-def _render(project: AlembicProject, span: str) -> str:
-    """`alembic upgrade SPAN --sql` (offline: env.py never connects)."""
+def _render(project: AlembicProject, span: str) -> tuple[str, Exception | None]:
+    """`alembic upgrade SPAN --sql` (offline: env.py never connects): the SQL rendered until
+    it stopped, and why it stopped early (None when it rendered the whole span)."""
     buffer = io.StringIO()
     config = project.offline_config(_OFFLINE_URL, buffer)
-    with _offline_url():
-        command.upgrade(config, span, sql=True)
-    return buffer.getvalue()
+    try:
+        with _offline_url():
+            command.upgrade(config, span, sql=True)
+    except Exception as exc:  # whatever a migration that reads data raises offline
+        return buffer.getvalue(), exc
+    return buffer.getvalue(), None
 
 
 def _split(rendered: str) -> dict[str, str]:
@@ -112,22 +116,29 @@ def render_pending_sql(
 ) -> tuple[dict[str, str], dict[str, str]]:
     """`alembic upgrade FROM:heads --sql`, split per revision (keyed by the revision id), and
     the revisions that cannot be rendered offline with why (they read data: op.get_bind(),
-    sa.inspect(bind), a rowcount). All at once when every revision renders, else one by one."""
+    sa.inspect(bind), a rowcount). A revision that fails is the last one the output had
+    started (Alembic writes its "-- Running upgrade" mark before running it): rendering goes
+    on from the revision after it, so each such revision costs one more env.py run."""
     if len(current) > 1:
         raise ValueError("offline rendering starts from one revision; the target has several")
-    try:
-        return _split(_render(project, f"{current[0]}:heads" if current else "heads")), {}
-    except Exception:
-        pass  # some revision cannot be rendered: find which, below
     rendered: dict[str, str] = {}
     unrendered: dict[str, str] = {}
-    for rev in revisions:
-        down = project.down_revision(rev)
-        try:
-            rendered.update(_split(_render(project, f"{down}:{rev}" if down else rev)))
-        except Exception as exc:  # whatever a migration that reads data raises offline
-            unrendered[rev] = f"{type(exc).__name__}: {' '.join(str(exc).split())[:300]}"
-    return rendered, unrendered
+    start = current[0] if current else None
+    while True:
+        sql, error = _render(project, f"{start}:heads" if start else "heads")
+        steps = _split(sql)
+        if error is None:
+            rendered.update(steps)
+            return rendered, unrendered
+        failing = list(steps)[-1] if steps else None
+        if failing is None or failing in unrendered:
+            # Failed before any revision ran (env.py itself): nothing more can be rendered.
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+            unrendered.update({rev: reason for rev in revisions if rev not in rendered})
+            return rendered, unrendered
+        rendered.update({rev: body for rev, body in steps.items() if rev != failing})
+        unrendered[failing] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        start = failing
 
 
 @dataclass(frozen=True)
