@@ -96,10 +96,19 @@ def start_in_background(
 def _start_at_revision(
     config: RolloutConfig, settings: EphemeralSettings, phase: str, revision: str
 ) -> EphemeralServer:
-    server = start_ephemeral(settings)
+    project = AlembicProject(config.migrations.alembic_ini, config.migrations.base_schema)
+    # Revision scripts import their application (MLflow's take ~0.8 s): load them while
+    # Postgres starts, which waits on initdb and pg_ctl, not on Python.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-rollout-load") as pool:
+        loaded = pool.submit(project.revisions)
+        server = start_ephemeral(settings)
+        try:
+            loaded.result()
+        except BaseException:
+            server.stop()
+            raise
     try:
         engine = open_engine(server.url, EPHEMERAL, phase, config.session)
-        project = AlembicProject(config.migrations.alembic_ini, config.migrations.base_schema)
         try:
             with engine.connect() as connection:
                 project.create_base_schema(connection)
