@@ -303,7 +303,9 @@ def test_mlflow_staging_one_revision_behind_upgrades_and_names_its_missing_downg
     assert f"{MLFLOW_HEAD}: downgrade does not restore 400f98739977" in run.output
 
 
-def test_relative_script_location_resolves_against_the_ini(tmp_path: Path) -> None:
+def test_relative_script_location_resolves_against_the_ini(
+    tmp_path: Path, run_phase: RunPhase
+) -> None:
     # Old failure: optuna's `script_location = alembic` was looked up in the current
     # directory: "Path doesn't exist ... use the 'init' command" on every check.
     assert AlembicProject(OPTUNA_INI).heads() == (OPTUNA_HEAD,)
@@ -316,6 +318,9 @@ def test_relative_script_location_resolves_against_the_ini(tmp_path: Path) -> No
     assert f"looked up at {Path.cwd() / 'migrations'}" in str(raised.value)
     assert f"and {tmp_path / 'migrations'} (the ini's folder)" in str(raised.value)
     assert "%(here)s" in str(raised.value)
+    run = run_phase(config)
+    assert run.result.ret == 4  # one usage error, not a failure on every check
+    assert "script_location 'migrations'" in run.output
 
 
 def test_an_env_py_that_cannot_run_is_named(
