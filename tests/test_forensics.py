@@ -32,7 +32,7 @@ from pytest_ledger_rollout.forensics.remedy import (
 from pytest_ledger_rollout.forensics.snapshot import StaleSnapshot, load_snapshot, save_snapshot
 from pytest_ledger_rollout.migrations import AlembicProject
 from pytest_ledger_rollout.postgres import EphemeralServer
-from pytest_ledger_rollout.results import CheckResult
+from pytest_ledger_rollout.results import CheckResult, DodFailure
 
 from .conftest import database_url
 from .support import CHAIN, HEAD, REFERENCE_BACKEND, RunPhase, ScenarioDb, write_config
@@ -573,3 +573,32 @@ def test_suite_names_the_revision_to_stamp_in_static_html(
     assert "schema matches revision</th><td>" + CHAIN[1] in html
     assert "<th>change</th><th>kind</th><th>name</th>" in html
     assert "<td>extra</td><td>table</td><td>reconciliation_findings</td>" in html
+
+
+def test_base_schema_from_a_sql_file_starts_the_walk(
+    tmp_path: Path, pg_server: EphemeralServer
+) -> None:
+    base = tmp_path / "base.sql"
+    # A % in the file is SQL, not a bind parameter.
+    base.write_text("CREATE TABLE owners (id bigint); COMMENT ON TABLE owners IS '100%';")
+    path = tmp_path / "rollout.toml"
+    path.write_text(
+        f'[migrations]\nalembic_ini = "{PROJECTS / "hazards" / "alembic.ini"}"\n'
+        'expected_chain = ["h3_events_source"]\nbase_schema = "base.sql"\n'
+        '[[schema.unique]]\ntable = "events"\ncolumns = ["kind"]\n'
+        '[targets.local]\nkind = "ephemeral"\n'
+    )
+    migrations = load_config(path).migrations
+    assert migrations.base_schema == str(base)
+    project = AlembicProject(migrations.alembic_ini, migrations.base_schema)
+    history = fingerprint_history(project, pg_server.url)
+    assert {o.name for o in history.base.objects} == {"owners", "owners.id"}
+    assert "owners" in {o.name for o in history.fingerprints["h3_events_source"].objects}
+    # A base schema that already has what h1 creates: the history cannot be replayed from it.
+    base.write_text("CREATE TABLE events (id bigint);")
+    with pytest.raises(DodFailure) as raised:
+        fingerprint_history(project, pg_server.url)
+    failure = raised.value.failure
+    assert failure.title.endswith("revision h1_events fails")
+    assert 'relation "events" already exists' in failure.seen
+    assert f"Make [migrations] base_schema ({base}) create the schema" in failure.remedy
