@@ -353,3 +353,25 @@ def test_config_without_a_unique_is_a_usage_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError) as raised:
         load_config(config)
     assert raised.value.key == "schema.unique"
+
+
+def test_mlflow_staging_without_base_schema_still_upgrades(
+    empty_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    # Old failure: the walk's raw `relation "metrics" does not exist` as an INTERNALERROR.
+    at_revision(empty_db, MLFLOW / "alembic.ini", "400f98739977", MLFLOW_BASE)
+    config = rollout_config(
+        tmp_path,
+        MLFLOW / "alembic.ini",
+        ("400f98739977", MLFLOW_HEAD),
+        MLFLOW_UNIQUE,
+        database=empty_db.name,
+    )
+    run = run_phase(config, "--target=staging", url=empty_db.url)
+    assert "INTERNALERROR" not in run.output
+    step = str(run.step("1.2"))
+    assert outcomes(run)["1.2"] == "failed"
+    assert f"revision {MLFLOW_FIRST} fails" in step and "base_schema" in step
+    # The gate's own upgrade ran on the staging target all the same.
+    assert f"upgraded 400f98739977 -> {MLFLOW_HEAD} (1 revision(s))" in step
+    assert empty_db.scalar("SELECT version_num FROM alembic_version") == MLFLOW_HEAD

@@ -400,3 +400,33 @@ def test_downgrade_that_does_not_restore_its_parent_is_named(
     assert run.step("1.4")["outcome"] == "failed"
     assert f"{CHAIN[1]}: downgrade does not restore {CHAIN[0]}: extra " in run.output
     assert f"Fix the downgrade() of {CHAIN[1]} first" in run.output
+
+
+def test_transaction_per_migration_commits_each_revision_as_the_cli_does(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    # Old behaviour: inside the transaction `alembic current` had opened, env.py's
+    # transaction_per_migration was ignored and a later failure rolled back every revision.
+    env_py = backend_copy / "migrations" / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "context.configure(connection=connection, target_metadata=None)",
+            "context.configure(connection=connection, target_metadata=None,"
+            " transaction_per_migration=True)",
+        )
+    )
+    add_revision(
+        backend_copy, "c3_ok", HEAD, '    op.execute("CREATE TABLE c3 (id int)")', "    pass"
+    )
+    add_revision(backend_copy, "c4_broken", "c3_ok", '    op.execute("SELECT 1/0")', "    pass")
+    config = write_config(
+        tmp_path,
+        database=scenario_db.name,
+        alembic_ini=backend_copy / "alembic.ini",
+        expected_chain=(*CHAIN, "c3_ok", "c4_broken"),
+        app_dir=None,
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert "`alembic upgrade head` failed in revision c4_broken" in run.output
+    assert "division by zero" in run.output
+    assert scenario_db.current() == ("c3_ok",)
