@@ -165,7 +165,6 @@ def _walk(
     recorded: dict[str, Fingerprint] = {}
     with scratch_database(server_url) as connection:
         project.create_base_schema(connection)
-        base = fingerprint(connection)
         incremental = incremental and SchemaLog.install(connection)
         # The DDL log is kept per session: one SchemaLog per connection the migrations run on
         # (env.py may open its own), each starting with a full read.
@@ -176,7 +175,7 @@ def _walk(
                 return fingerprint(on)
             return logs.setdefault(id(on), SchemaLog()).read(on)
 
-        read(connection)  # the base schema, read in full
+        base = read(connection)  # the base schema, read in full
 
         last: list[Fingerprint | None] = [None]  # the last step's read, if it was read
 
