@@ -104,8 +104,7 @@ def rollout_target(request: pytest.FixtureRequest) -> TargetSession:
 
 @pytest.fixture(scope="session")
 def alembic_project(rollout_config: RolloutConfig) -> AlembicProject:
-    migrations = rollout_config.migrations
-    return AlembicProject(migrations.alembic_ini, migrations.base_schema)
+    return AlembicProject.of(rollout_config.migrations)
 
 
 @pytest.fixture

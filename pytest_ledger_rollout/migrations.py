@@ -21,7 +21,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
-from .config import UniqueSpec, script_location_problem
+from .config import MigrationsConfig, UniqueSpec, script_location_problem
 from .results import CheckResult, Evidence, Failure, failed, passed
 from .schema import check_unique_constraint, snapshot
 
@@ -72,6 +72,11 @@ class AlembicProject:
                 script_location_problem(alembic_ini) or f"{alembic_ini}: {exc}"
             ) from None
         self.env_py = Path(self.script.dir) / "env.py"
+
+    @classmethod
+    def of(cls, migrations: MigrationsConfig) -> AlembicProject:
+        """The project a rollout config's [migrations] names."""
+        return cls(migrations.alembic_ini, migrations.base_schema)
 
     def _config(self, url: str | None = None, connection: Connection | None = None) -> Config:
         config = Config(str(self.alembic_ini))

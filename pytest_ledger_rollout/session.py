@@ -96,7 +96,7 @@ def start_in_background(
 def _start_at_revision(
     config: RolloutConfig, settings: EphemeralSettings, phase: str, revision: str
 ) -> EphemeralServer:
-    project = AlembicProject(config.migrations.alembic_ini, config.migrations.base_schema)
+    project = AlembicProject.of(config.migrations)
     # Revision scripts import their application (MLflow's take ~0.8 s): load them while
     # Postgres starts, which waits on initdb and pg_ctl, not on Python.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-rollout-load") as pool:
