@@ -430,3 +430,19 @@ def test_transaction_per_migration_commits_each_revision_as_the_cli_does(
     assert "`alembic upgrade head` failed in revision c4_broken" in run.output
     assert "division by zero" in run.output
     assert scenario_db.current() == ("c3_ok",)
+
+
+def test_no_head_names_the_empty_versions_folder(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    # Old remedy: "point it at the backend's alembic.ini", which the config already did.
+    for revision in (backend_copy / "migrations" / "versions").glob("*.py"):
+        revision.unlink()
+    config = write_config(
+        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini", app_dir=None
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.1")["outcome"] == "failed"
+    assert "The migration history has no head" in run.output
+    assert f"no revision scripts under {backend_copy / 'migrations'}" in run.output
+    assert "point it at the backend's alembic.ini" not in run.output
