@@ -6,8 +6,11 @@ error before anything connects.
 
 from __future__ import annotations
 
+import configparser
 import hashlib
+import importlib.util
 import math
+import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -51,6 +54,9 @@ class MigrationsConfig:
     alembic_ini: Path
     expected_chain: tuple[str, ...]
     baseline: str  # the revision an ephemeral target starts from
+    # How the schema before the first revision is made: "module:function" or "file.py:function"
+    # (called with a connection) or "file.sql"; None: the history starts from an empty database.
+    base_schema: str | None = None
 
 
 @dataclass(frozen=True)
@@ -373,10 +379,13 @@ def load_config(path: Path) -> RolloutConfig:
 def _migrations(root: _Table, base: Path) -> MigrationsConfig:
     table = root.table("migrations")
     assert table is not None
-    table.only("alembic_ini", "expected_chain", "baseline")
+    table.only("alembic_ini", "expected_chain", "baseline", "base_schema")
     alembic_ini = base / str(table.text("alembic_ini", required=True))
     if not alembic_ini.is_file():
         raise table.error("alembic_ini", f"no such file: {alembic_ini}")
+    problem = script_location_problem(alembic_ini.resolve())
+    if problem:
+        raise table.error("alembic_ini", problem)
     chain = table.texts("expected_chain", required=True)
     if not chain:
         raise table.error("expected_chain", "must name at least the head revision")
@@ -386,15 +395,66 @@ def _migrations(root: _Table, base: Path) -> MigrationsConfig:
     assert baseline is not None
     if baseline not in chain:
         raise table.error("baseline", f"{baseline!r} is not in expected_chain")
-    return MigrationsConfig(alembic_ini.resolve(), chain, baseline)
+    return MigrationsConfig(
+        alembic_ini.resolve(), chain, baseline, _base_schema(table, table.text("base_schema"), base)
+    )
+
+
+def _base_schema(table: _Table, value: str | None, base: Path) -> str | None:
+    if value is None:
+        return None
+    where, colon, function = value.rpartition(":")
+    path = value if not colon else where
+    if path.endswith((".sql", ".py")):
+        if not (base / path).is_file():
+            raise table.error("base_schema", f"no such file: {base / path}")
+        path = str((base / path).resolve())
+    elif not colon or not function.isidentifier():
+        raise table.error(
+            "base_schema",
+            f"{value!r}: expected 'package.module:function', 'file.py:function' or 'file.sql'",
+        )
+    return f"{path}:{function}" if colon else path
+
+
+def script_location_problem(alembic_ini: Path) -> str | None:
+    """Why the ini's script_location names no folder (None when it does). A relative location
+    is looked up against the current directory, as Alembic does, then against the ini's folder
+    (where `alembic` is run from)."""
+    parser = configparser.ConfigParser(defaults={"here": str(alembic_ini.parent)})
+    try:
+        parser.read(alembic_ini, encoding="utf-8")
+        location = parser.get("alembic", "script_location", fallback=None)
+    except configparser.Error as exc:
+        return f"{alembic_ini} cannot be read as an ini file ({exc})"
+    if not location:
+        return f"{alembic_ini} has no script_location in its [alembic] section"
+    if ":" in location and not os.path.isabs(location):
+        package = location.split(":")[0]
+        if importlib.util.find_spec(package.split(".")[0]) is None:
+            return f"script_location {location!r}: package {package!r} is not installed"
+        return None
+    if Path(location).is_dir() or (alembic_ini.parent / location).is_dir():
+        return None
+    return (
+        f"script_location {location!r} of {alembic_ini} names no folder: looked up at "
+        f"{Path(location).absolute()} (the current directory) and {alembic_ini.parent / location} "
+        "(the ini's folder). Relative locations resolve against the ini's folder; write "
+        "%(here)s/<folder> to be explicit."
+    )
 
 
 def _unique(root: _Table) -> tuple[UniqueSpec, ...]:
     schema = root.table("schema", required=False)
-    if schema is None:
-        return ()
+    entries = [] if schema is None else schema.data.get("unique", [])
+    if schema is None or not entries:
+        raise ConfigError(
+            root.path,
+            "schema.unique",
+            "declare at least one [[schema.unique]] (table, columns): step 1.3 checks it and "
+            "the duplicates pre-flight runs against it",
+        )
     schema.only("unique")
-    entries = schema.data.get("unique", [])
     if not isinstance(entries, list):
         raise schema.error("unique", "must be an array of tables ([[schema.unique]])")
     specs = []

@@ -86,7 +86,7 @@ def rollout_target(request: pytest.FixtureRequest) -> TargetSession:
 
 @pytest.fixture(scope="session")
 def alembic_project(rollout_config: RolloutConfig) -> AlembicProject:
-    return AlembicProject(rollout_config.migrations.alembic_ini)
+    return AlembicProject.of(rollout_config.migrations)
 
 
 @pytest.fixture

@@ -1,19 +1,27 @@
 """Alembic through its Python API: history, heads, current revision, upgrade and downgrade on a
-connection the plugin owns (so session timeouts and the migration lock apply)."""
+connection the plugin owns (so session timeouts and the migration lock apply), driven the way
+`alembic upgrade` drives it: the connection reaches env.py with no transaction open."""
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import os
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, TextIO
 
-from alembic import command
 from alembic.config import Config
-from alembic.runtime.migration import MigrationContext
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext, MigrationInfo
 from alembic.script import ScriptDirectory
-from sqlalchemy.engine import Connection
+from alembic.util import CommandError
+from sqlalchemy import text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.exc import DBAPIError
 
-from .config import UniqueSpec
+from .config import MigrationsConfig, UniqueSpec, script_location_problem
 from .results import CheckResult, Evidence, Failure, failed, passed
 from .schema import check_unique_constraint, snapshot
 
@@ -24,19 +32,71 @@ class Revision:
     down: tuple[str, ...]
 
 
-class AlembicProject:
-    def __init__(self, alembic_ini: Path) -> None:
-        self.alembic_ini = alembic_ini
-        self.script = ScriptDirectory.from_config(self._config())
+class AlembicProjectError(Exception):
+    """The Alembic project cannot be used at all (a usage problem, not a check's finding)."""
 
-    def _config(self, connection: Connection | None = None) -> Config:
+
+class MigrationError(Exception):
+    """A migration step failed: which revision, the statement, the database's error."""
+
+    def __init__(self, revision: str | None, statement: str | None, error: str) -> None:
+        self.revision, self.statement, self.error = revision, statement, error
+        lines = [f"revision {revision or '(before the first step)'}: {error}"]
+        if statement:
+            lines.append(f"statement: {statement[:1500]}")
+        super().__init__("\n".join(lines))
+
+
+# env.py failed before handing over a migration context: the script itself is at fault.
+class EnvPyError(AlembicProjectError):
+    pass
+
+
+@dataclass(frozen=True)
+class Applied:
+    """What one `alembic upgrade/downgrade` run did."""
+
+    steps: tuple[str, ...]  # revisions upgraded (or downgraded), in order
+    # None when env.py ran the migrations on the handed-in connection; else what it used.
+    foreign_connection: str | None = None
+
+
+class AlembicProject:
+    def __init__(self, alembic_ini: Path, base_schema: str | None = None) -> None:
+        self.alembic_ini = alembic_ini
+        self.base_schema = base_schema  # "module:function", "file.py:function" or "file.sql"
+        try:
+            self.script = ScriptDirectory.from_config(self._config())
+        except CommandError as exc:
+            raise AlembicProjectError(
+                script_location_problem(alembic_ini) or f"{alembic_ini}: {exc}"
+            ) from None
+        self.env_py = Path(self.script.dir) / "env.py"
+
+    @classmethod
+    def of(cls, migrations: MigrationsConfig) -> AlembicProject:
+        """The project a rollout config's [migrations] names."""
+        return cls(migrations.alembic_ini, migrations.base_schema)
+
+    def _config(self, url: str | None = None, connection: Connection | None = None) -> Config:
         config = Config(str(self.alembic_ini))
+        location = config.get_main_option("script_location")
+        # `alembic` is run from the ini's folder: a relative location means a folder there.
+        if location and ":" not in location and not os.path.isabs(location):
+            beside = self.alembic_ini.parent / location
+            if not Path(location).is_dir() and beside.is_dir():
+                config.set_main_option("script_location", str(beside).replace("%", "%%"))
         if connection is not None:
             config.attributes["connection"] = connection
-            # env.py files that ignore the handed-in connection build their own engine from the
-            # URL; configparser interpolation needs every % doubled.
-            url = connection.engine.url.render_as_string(hide_password=False)
+        if url is not None:
+            # configparser interpolation: every % of a URL-quoted password doubled.
             config.set_main_option("sqlalchemy.url", url.replace("%", "%%"))
+        return config
+
+    def offline_config(self, url: str, output: TextIO) -> Config:
+        """A config for `--sql` rendering to ``output`` (offline mode never connects)."""
+        config = self._config(url)
+        config.output_buffer = output
         return config
 
     def heads(self) -> tuple[str, ...]:
@@ -67,22 +127,85 @@ class AlembicProject:
     def current(self, connection: Connection) -> tuple[str, ...]:
         return tuple(MigrationContext.configure(connection).get_current_heads())
 
-    def upgrade(self, connection: Connection, revision: str = "head") -> None:
-        self._run(connection, command.upgrade, revision)
+    def upgrade(self, connection: Connection, revision: str = "head") -> Applied:
+        return self.run(connection, revision, upgrade=True)
 
-    def downgrade(self, connection: Connection, revision: str) -> None:
-        self._run(connection, command.downgrade, revision)
+    def downgrade(self, connection: Connection, revision: str) -> Applied:
+        return self.run(connection, revision, upgrade=False)
 
-    def _run(self, connection: Connection, step: Callable[[Config, str], None], rev: str) -> None:
-        # Alembic leaves a transaction that was already open to its owner: commit or roll back.
+    def run(
+        self,
+        connection: Connection,
+        destination: str,
+        *,
+        upgrade: bool,
+        on_step: Callable[[MigrationContext, MigrationInfo, set[str]], None] | None = None,
+    ) -> Applied:
+        """`alembic upgrade|downgrade destination` as the CLI runs it, on ``connection``.
+
+        The session's limits go into the URL env.py sees as libpq options, so an env.py that
+        builds its own engine gets them too (and is named in the result). ``on_step`` runs after
+        each step on the migration connection (uncommitted DDL visible)."""
+        url = _url_with_session(connection)
+        # Reads above autobegan: with a transaction open Alembic would neither own one
+        # (autocommit_block() asserts it does) nor honour transaction_per_migration.
+        connection.commit()
+        planned: list[str] = []
+        done: list[str] = []
+        used: list[int | None] = []  # the backend pid env.py ran the migrations on
+
+        def record(
+            *, ctx: MigrationContext, step: MigrationInfo, heads: set[str], run_args: Any
+        ) -> None:
+            done.append(planned[len(done)] if len(done) < len(planned) else "?")
+            if on_step is not None:
+                on_step(ctx, step, heads)
+
+        def steps(revision: Any, context: MigrationContext) -> Any:
+            # env.py passes its own configure() options; the callback is attached here.
+            if context.connection is not None:
+                used.append(_backend_pid(context.connection))
+            context.on_version_apply_callbacks = (*context.on_version_apply_callbacks, record)
+            found = (
+                self.script._upgrade_revs(destination, revision)
+                if upgrade
+                else self.script._downgrade_revs(destination, revision)
+            )
+            planned[:] = [step.revision.revision for step in found]
+            return found
+
         try:
-            step(self._config(connection), rev)
-        except BaseException:
+            with EnvironmentContext(
+                self._config(url, connection), self.script, fn=steps, destination_rev=destination
+            ):
+                self.script.run_env()
+        except Exception as exc:
             if connection.in_transaction():
                 connection.rollback()
-            raise
+            if not used and not planned:
+                raise EnvPyError(
+                    f"{self.env_py} raised {type(exc).__name__}: {_one_line(exc)[:800]}. "
+                    "The plugin runs env.py in-process as `alembic upgrade` would; an env.py "
+                    "that needs its application's runtime (an event loop, settings) must work "
+                    "without it when a connection is handed in "
+                    "(config.attributes['connection'])."
+                ) from exc
+            failing = planned[len(done)] if len(done) < len(planned) else None
+            raise _migration_error(failing, exc) from exc
         if connection.in_transaction():
             connection.commit()
+        return Applied(tuple(done), _foreign(_backend_pid(connection), used))
+
+    def create_base_schema(self, connection: Connection) -> None:
+        """Create the schema the first revision starts from ([migrations] base_schema)."""
+        if self.base_schema is None:
+            return
+        if self.base_schema.endswith(".sql"):
+            sql = Path(self.base_schema).read_text(encoding="utf-8")
+            connection.exec_driver_sql(sql.replace("%", "%%"))  # no bind parameters in a file
+        else:
+            _base_schema_function(self.base_schema)(connection)
+        connection.commit()
 
 
 def _as_tuple(down: str | Sequence[str] | None) -> tuple[str, ...]:
@@ -103,8 +226,13 @@ def check_single_head(project: AlembicProject) -> CheckResult:
             Failure(
                 "The migration history has no head",
                 expected="exactly one head revision",
-                seen=f"no revisions under {project.script.dir}",
-                remedy="Check [migrations] alembic_ini: point it at the backend's alembic.ini.",
+                seen=f"no revision scripts under {project.script.dir} (script_location of "
+                f"{project.alembic_ini})",
+                remedy=(
+                    "The ini is found but its versions folder holds no revision: check that "
+                    "the revision files ship with this checkout (not ignored, not in another "
+                    "package) and the ini's version_locations, if it sets one."
+                ),
             ),
             evidence,
         )
@@ -183,34 +311,39 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
     """Runbook 1.2: `alembic upgrade head` finishes without error and current is head after."""
     before = project.current(connection)
     head = project.heads()[-1]
+    start = ", ".join(before) or "base"
     if before == (head,):
         return passed(
-            f"already at head: nothing to upgrade ({head})",
-            Evidence("alembic upgrade head", f"current = {head} before the upgrade: nothing ran"),
+            "already at head: nothing to upgrade",
+            Evidence("alembic upgrade head", f"current = {head} = head: no revision pending"),
             **{"alembic current": head},
         )
     try:
-        project.upgrade(connection, "head")
-    except Exception as exc:  # any failure of the upgrade is the finding
-        message = " ".join(str(exc).split())
-        evidence = Evidence(
-            "alembic upgrade head", f"from {', '.join(before) or 'base'}\n{message}"
-        )
-        if "already exists" in message:
-            return failed(_drift_failure(project, connection, before, message), evidence)
+        applied = project.upgrade(connection, "head")
+    except EnvPyError as exc:
+        return failed(env_py_failure(exc))
+    except MigrationError as exc:
+        evidence = Evidence("alembic upgrade head", f"from {start}\n{exc}")
+        if "already exists" in exc.error:
+            return failed(_drift_failure(project, connection, before, str(exc)), evidence)
         return failed(
             Failure(
-                "`alembic upgrade head` failed",
-                expected=f"upgrade from {', '.join(before) or 'base'} to {head} without error",
-                seen=message[:2000],
-                remedy="Fix the failing migration and rerun; the database was rolled back.",
+                f"`alembic upgrade head` failed in revision {exc.revision}",
+                expected=f"upgrade from {start} to {head} without error",
+                seen=str(exc)[:2000],
+                remedy=(
+                    f"Fix revision {exc.revision} (the statement and error above) and rerun; "
+                    "the failing step was rolled back (revisions before it that committed, "
+                    "under transaction_per_migration, stay applied)."
+                ),
             ),
             evidence,
         )
     after = project.current(connection)
-    evidence = Evidence(
-        "alembic upgrade head", f"from {', '.join(before) or 'base'} to {', '.join(after)}"
-    )
+    lines = [f"from {start} to {', '.join(after)}", "applied: " + " -> ".join(applied.steps)]
+    if applied.foreign_connection:
+        lines.append(applied.foreign_connection)
+    evidence = Evidence("alembic upgrade head", "\n".join(lines))
     if after != (head,):
         return failed(
             Failure(
@@ -221,8 +354,11 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
             ),
             evidence,
         )
+    note = "; env.py used its own connection (see evidence)" if applied.foreign_connection else ""
     return passed(
-        f"upgraded {', '.join(before) or 'base'} -> {head}", evidence, **{"alembic current": head}
+        f"upgraded {start} -> {head} ({len(applied.steps)} revision(s)){note}",
+        evidence,
+        **{"alembic current": head},
     )
 
 
@@ -301,8 +437,8 @@ def check_downgrade_upgrade_smoke(
 
     try:
         project.downgrade(connection, "-1")
-    except Exception as exc:
-        steps.append(f"alembic downgrade -1: {' '.join(str(exc).split())[:1500]}")
+    except MigrationError as exc:
+        steps.append(f"alembic downgrade -1: {str(exc)[:1500]}")
         return failure(
             "`alembic downgrade -1` failed", f"downgrade {head} -> {previous}", steps[-1]
         )
@@ -327,8 +463,8 @@ def check_downgrade_upgrade_smoke(
         )
     try:
         project.upgrade(connection, "head")
-    except Exception as exc:
-        steps.append(f"alembic upgrade head: {' '.join(str(exc).split())[:1500]}")
+    except MigrationError as exc:
+        steps.append(f"alembic upgrade head: {str(exc)[:1500]}")
         return failure(
             "`alembic upgrade head` after the downgrade failed", f"back at {head}", steps[-1]
         )
@@ -372,8 +508,8 @@ def check_release_downgrades(
         previous = project.down_revision(revision)
         try:
             project.downgrade(connection, "-1")
-        except Exception as exc:
-            steps.append(f"downgrade {revision}: {' '.join(str(exc).split())[:600]}")
+        except MigrationError as exc:
+            steps.append(f"downgrade {revision}: {str(exc)[:600]}")
             return _rollback_not_ready(
                 revision, f"`alembic downgrade -1` from {revision} failed", steps
             )
@@ -412,3 +548,95 @@ def _rollback_not_ready(revision: str, seen: str, steps: list[str]) -> CheckResu
         ),
         Evidence("downgrade rehearsal", "\n".join(steps)),
     )
+
+
+def env_py_failure(exc: EnvPyError) -> Failure:
+    return Failure(
+        "env.py could not be run",
+        expected="env.py runs the migrations on the connection handed in",
+        seen=str(exc),
+        remedy="Make env.py work without the application's runtime when "
+        "config.attributes['connection'] is set (README: \"Your env.py\"), then rerun.",
+    )
+
+
+def not_replayable(project: AlembicProject, exc: MigrationError) -> Failure:
+    """The history cannot be replayed on a fresh database: where, and the two ways out."""
+    start = f"the base schema ({project.base_schema})" if project.base_schema else "empty"
+    fix = (
+        f"Make [migrations] base_schema ({project.base_schema}) create the schema that revision "
+        f"{exc.revision} expects, then rerun."
+        if project.base_schema
+        else "Two ways out:\n"
+        "1. Declare how the schema before the first revision is made: in the rollout config, "
+        '[migrations] base_schema = "package.module:create_base" (a function called with a '
+        "SQLAlchemy connection, e.g. running the application's Base.metadata.create_all), or\n"
+        '2. base_schema = "base_schema.sql": a file with that schema (`pg_dump --schema-only '
+        "--no-owner` of a database just before the first revision).\n"
+        "Until then the forensics cannot fingerprint this history and no ephemeral target can "
+        "be migrated; on a staging target the upgrade (1.2) and smoke (1.4) still run."
+    )
+    return Failure(
+        f"The migration history cannot be replayed on a fresh database: revision "
+        f"{exc.revision} fails",
+        expected=f"every revision applies in order, starting from {start}",
+        seen=str(exc)[:2000],
+        remedy=fix,
+    )
+
+
+def _one_line(exc: BaseException) -> str:
+    return " ".join(str(exc).split())
+
+
+def _migration_error(revision: str | None, exc: Exception) -> MigrationError:
+    if isinstance(exc, DBAPIError):
+        return MigrationError(revision, exc.statement, _one_line(exc.orig or exc))
+    return MigrationError(revision, None, f"{type(exc).__name__}: {_one_line(exc)}")
+
+
+def _url_with_session(connection: Connection) -> str:
+    """The connection's URL, with its timeouts and application_name as libpq parameters."""
+    row = connection.execute(
+        text(
+            "SELECT current_setting('lock_timeout'), current_setting('statement_timeout'),"
+            " current_setting('application_name')"
+        )
+    ).one()
+    url = connection.engine.url
+    query = dict(url.query)
+    query.setdefault("options", f"-c lock_timeout={row[0]} -c statement_timeout={row[1]}")
+    if row[2]:
+        query.setdefault("application_name", row[2])
+    return make_url(url).update_query_dict(query).render_as_string(hide_password=False)
+
+
+def _backend_pid(connection: Connection) -> int | None:
+    info = getattr(connection.connection.dbapi_connection, "info", None)
+    pid = getattr(info, "backend_pid", None)
+    return pid if isinstance(pid, int) else None
+
+
+def _foreign(mine: int | None, used: Sequence[int | None]) -> str | None:
+    """What env.py ran the migrations on, when it was not the handed-in connection."""
+    if not used or used[0] == mine:
+        return None
+    return (
+        f"env.py ran the migrations on a connection of its own (backend pid {used[0]}), not on "
+        f"the one the plugin handed in (pid {mine}, which holds the migration lock). The "
+        "session limits reached it through the URL; to run under the lock, env.py must use "
+        "config.attributes['connection'] when it is set (README: \"Your env.py\")."
+    )
+
+
+def _base_schema_function(spec: str) -> Callable[[Connection], None]:
+    where, _, name = spec.rpartition(":")
+    if where.endswith(".py"):
+        loaded = importlib.util.spec_from_file_location(Path(where).stem, where)
+        assert loaded is not None and loaded.loader is not None
+        module = importlib.util.module_from_spec(loaded)
+        loaded.loader.exec_module(module)
+    else:
+        module = importlib.import_module(where)
+    function: Callable[[Connection], None] = getattr(module, name)
+    return function

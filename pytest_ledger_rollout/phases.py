@@ -162,6 +162,7 @@ PHASES: dict[str, Phase] = {
                     "Downgrade / upgrade smoke",
                     (
                         Check("test_upgraded_revisions_have_downgrades", Role.PREFLIGHT),
+                        Check("test_upgraded_revisions_downgrade_to_their_parents", Role.PREFLIGHT),
                         Check("test_downgrade_upgrade_smoke", Role.ACTION),
                     ),
                     needs=("1.1", "1.2", "1.3"),

@@ -18,7 +18,13 @@ from sqlalchemy.exc import DBAPIError, OperationalError
 from .config import RolloutConfig
 from .masking import Scrubber, mask_url
 from .metrics.webhook_watch import WebhookWatchThresholds
-from .migrations import AlembicProject
+from .migrations import (
+    AlembicProject,
+    EnvPyError,
+    MigrationError,
+    env_py_failure,
+    not_replayable,
+)
 from .phases import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION, Phase
 from .postgres import EphemeralServer, EphemeralSettings, start_ephemeral
 from .results import CheckResult, DodFailure, Failure
@@ -123,12 +129,32 @@ def start_in_background(
 def _start_at_revision(
     config: RolloutConfig, settings: EphemeralSettings, phase: str, revision: str
 ) -> EphemeralServer:
-    server = start_ephemeral(settings)
+    project = AlembicProject.of(config.migrations)
+    # Revision scripts import their application (MLflow's take ~0.8 s): load them while
+    # Postgres starts, which waits on initdb and pg_ctl, not on Python.
+    with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-rollout-load") as pool:
+        loaded = pool.submit(project.revisions)
+        server = start_ephemeral(settings)
+        try:
+            loaded.result()
+        except BaseException:
+            server.stop()
+            raise
     try:
         engine = open_engine(server.url, EPHEMERAL, phase, config.session)
-        with engine.connect() as connection:
-            AlembicProject(config.migrations.alembic_ini).upgrade(connection, revision)
-        engine.dispose()
+        try:
+            with engine.connect() as connection:
+                project.create_base_schema(connection)
+                project.upgrade(connection, revision)
+        except (MigrationError, EnvPyError) as exc:
+            failure = (
+                not_replayable(project, exc)
+                if isinstance(exc, MigrationError)
+                else env_py_failure(exc)
+            )
+            raise TargetRefused(CheckResult(summary=failure.title, failure=failure)) from None
+        finally:
+            engine.dispose()
     except BaseException:
         server.stop()
         raise

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import uuid
 import warnings
@@ -17,6 +18,7 @@ from pytest_ledger_rollout.forensics.fingerprint import Fingerprint, SchemaLog, 
 from pytest_ledger_rollout.forensics.history import History, fingerprint_history, scratch_database
 from pytest_ledger_rollout.forensics.preflight import (
     check_downgrades,
+    check_downgrades_proven,
     check_lock_hazards,
     check_unique_preflight,
     check_version_width,
@@ -30,7 +32,7 @@ from pytest_ledger_rollout.forensics.remedy import (
 from pytest_ledger_rollout.forensics.snapshot import StaleSnapshot, load_snapshot, save_snapshot
 from pytest_ledger_rollout.migrations import AlembicProject
 from pytest_ledger_rollout.postgres import EphemeralServer
-from pytest_ledger_rollout.results import CheckResult
+from pytest_ledger_rollout.results import CheckResult, DodFailure
 
 from .conftest import database_url
 from .support import CHAIN, HEAD, REFERENCE_BACKEND, RunPhase, ScenarioDb, write_config
@@ -404,8 +406,8 @@ def test_non_concurrent_index_on_a_large_table(empty_db: Engine) -> None:
         connection.commit()
         connection.execute(text("ANALYZE events"))
         pending = read_pending(HAZARDS, connection)
-        small = check_lock_hazards(connection, pending.sql, ForensicsConfig())
-        large = check_lock_hazards(connection, pending.sql, ForensicsConfig(large_table_rows=1000))
+        small = check_lock_hazards(connection, pending, ForensicsConfig())
+        large = check_lock_hazards(connection, pending, ForensicsConfig(large_table_rows=1000))
     assert small.ok, small.failure
     assert "require-concurrent-index-creation" in small.evidence[0].body
     text_ = failure_text(large)
@@ -425,6 +427,99 @@ def test_pending_revision_whose_downgrade_is_pass(empty_db: Engine) -> None:
     assert "h3_events_source: downgrade() is empty (pass)" in text_
     # A merge revision does nothing either way: its empty downgrade is right.
     assert check_downgrades(BRANCHY, ("b3_merge", "b4_status")).ok
+
+
+@pytest.fixture
+def hazards_copy(tmp_path: Path) -> Path:
+    """The hazards project (and the branchy env.py it shares) where a test may add revisions."""
+    shutil.copytree(PROJECTS / "branchy", tmp_path / "branchy")
+    shutil.copytree(PROJECTS / "hazards", tmp_path / "hazards")
+    return tmp_path / "hazards"
+
+
+def add_revision(project: Path, revision: str, down: str, upgrade: str) -> None:
+    (project / "versions" / f"{revision}.py").write_text(
+        f"import sqlalchemy as sa\nfrom alembic import op\n\nrevision = {revision!r}\n"
+        f"down_revision = {down!r}\n\n\ndef upgrade():\n{upgrade}\n\n\n"
+        "def downgrade():\n    pass\n"
+    )
+
+
+def test_revision_that_reads_data_is_named_and_the_rest_linted(
+    empty_db: Engine, hazards_copy: Path
+) -> None:
+    # Old failure: `alembic upgrade --sql` of the whole range died with "'NoneType' object has
+    # no attribute 'rowcount'", naming no revision and linting nothing.
+    add_revision(
+        hazards_copy,
+        "h4_backfill",
+        "h3_events_source",
+        "    if op.get_bind().execute(sa.text(\"UPDATE events SET source = 'x'\")).rowcount:\n"
+        '        op.execute("ANALYZE events")',
+    )
+    project = AlembicProject(hazards_copy / "alembic.ini")
+    with empty_db.connect() as connection:
+        project.upgrade(connection, "h1_events")
+        pending = read_pending(project, connection)
+        small = check_lock_hazards(connection, pending, ForensicsConfig())
+        large = check_lock_hazards(connection, pending, ForensicsConfig(large_table_bytes=1))
+    assert pending.revisions == ("h2_events_kind_idx", "h3_events_source", "h4_backfill")
+    assert set(pending.sql) == {"h2_events_kind_idx", "h3_events_source"}
+    assert "'NoneType' object has no attribute 'rowcount'" in pending.unrendered["h4_backfill"]
+    assert small.ok, small.failure
+    assert "h4_backfill reads data; its statements were not linted" in small.summary
+    # The rest is still linted: a real finding still fails.
+    assert "h2_events_kind_idx: [require-concurrent-index-creation]" in failure_text(large)
+
+
+@pytest.mark.parametrize(
+    ("column", "seen"),
+    [
+        ("sa.Column('tenant', sa.Text)", "tenant (added by h4_tenant) is new and has no default"),
+        (
+            "sa.Column('tenant', sa.Text, server_default='main', nullable=False)",
+            "2 duplicate group(s) would make the UNIQUE on events fail",
+        ),
+        (
+            "sa.Column('tenant', sa.Text, server_default=sa.text('gen_random_uuid()::text'))",
+            "could not be checked on today's rows",
+        ),
+    ],
+)
+def test_unique_over_a_column_a_pending_revision_adds(
+    empty_db: Engine, hazards_copy: Path, column: str, seen: str
+) -> None:
+    # Old failure: "events lacks column(s) tenant of the UNIQUE to be added ... The table
+    # differs from the claimed revision", while the schema was exactly the claimed revision.
+    add_revision(
+        hazards_copy, "h4_tenant", "h3_events_source", f"    op.add_column('events', {column})"
+    )
+    project = AlembicProject(hazards_copy / "alembic.ini")
+    spec = UniqueSpec("events", ("kind", "tenant"))
+    with empty_db.connect() as connection:
+        project.upgrade(connection, "h3_events_source")
+        connection.execute(
+            text("INSERT INTO events (kind) VALUES ('a'), ('a'), ('b'), ('b'), ('c')")
+        )
+        connection.commit()
+        result = check_unique_preflight(connection, spec, 10, read_pending(project, connection))
+    assert seen in (result.summary if result.ok else failure_text(result))
+    assert result.ok == ("duplicate" not in seen)
+
+
+def test_downgrades_proven_by_the_walk_both_ways(reference_history: History) -> None:
+    assert check_downgrades_proven(reference_history, CHAIN).ok
+    broken = dataclasses.replace(
+        reference_history,
+        downgrades={
+            HEAD: f"downgrade restores {CHAIN[1]}",
+            CHAIN[1]: f"downgrade does not restore {CHAIN[0]}: extra table t",
+        },
+    )
+    text_ = failure_text(check_downgrades_proven(broken, CHAIN))
+    assert "2 upgraded revision(s) do not downgrade to their parent's schema" in text_
+    assert f"{CHAIN[0]}: not proven: a downgrade above it failed" in text_
+    assert f"Fix the downgrade() of {CHAIN[1]} first" in text_
 
 
 # --- snapshots and config -------------------------------------------------------------------
@@ -482,3 +577,32 @@ def test_suite_names_the_revision_to_stamp_in_static_html(
     assert "schema matches revision</th><td>" + CHAIN[1] in html
     assert "<th>change</th><th>kind</th><th>name</th>" in html
     assert "<td>extra</td><td>table</td><td>reconciliation_findings</td>" in html
+
+
+def test_base_schema_from_a_sql_file_starts_the_walk(
+    tmp_path: Path, pg_server: EphemeralServer
+) -> None:
+    base = tmp_path / "base.sql"
+    # A % in the file is SQL, not a bind parameter.
+    base.write_text("CREATE TABLE owners (id bigint); COMMENT ON TABLE owners IS '100%';")
+    path = tmp_path / "rollout.toml"
+    path.write_text(
+        f'[migrations]\nalembic_ini = "{PROJECTS / "hazards" / "alembic.ini"}"\n'
+        'expected_chain = ["h3_events_source"]\nbase_schema = "base.sql"\n'
+        '[[schema.unique]]\ntable = "events"\ncolumns = ["kind"]\n'
+        '[targets.local]\nkind = "ephemeral"\n'
+    )
+    migrations = load_config(path).migrations
+    assert migrations.base_schema == str(base)
+    project = AlembicProject(migrations.alembic_ini, migrations.base_schema)
+    history = fingerprint_history(project, pg_server.url)
+    assert {o.name for o in history.base.objects} == {"owners", "owners.id"}
+    assert "owners" in {o.name for o in history.fingerprints["h3_events_source"].objects}
+    # A base schema that already has what h1 creates: the history cannot be replayed from it.
+    base.write_text("CREATE TABLE events (id bigint);")
+    with pytest.raises(DodFailure) as raised:
+        fingerprint_history(project, pg_server.url)
+    failure = raised.value.failure
+    assert failure.title.endswith("revision h1_events fails")
+    assert 'relation "events" already exists' in failure.seen
+    assert f"Make [migrations] base_schema ({base}) create the schema" in failure.remedy

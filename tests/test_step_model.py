@@ -318,6 +318,6 @@ def test_two_runs_at_once_serialize_and_report_what_they_saw(
     assert [run.returncode for run in runs] == [0, 0], outputs
     joined = "\n".join(outputs)
     assert f"upgraded {CHAIN[0]} -> {HEAD}" in joined
-    assert f"already at head: nothing to upgrade ({HEAD})" in joined
+    assert "already at head: nothing to upgrade" in joined
     assert f"upgraded {HEAD} -> {HEAD}" not in joined
     assert scenario_db.current() == (HEAD,)

@@ -338,3 +338,157 @@ def test_failed_preflight_stops_the_upgrade(
         "not attempted: preflight test_preflight_unique_holds_on_todays_rows of 1.2 failed"
     )
     assert scenario_db.current() == (CHAIN[1],)
+
+
+def add_revision(backend: Path, revision: str, down: str, upgrade: str, downgrade: str) -> None:
+    (backend / "migrations" / "versions" / f"{revision}.py").write_text(
+        f'from alembic import op\n\nrevision = "{revision}"\ndown_revision = "{down}"\n\n\n'
+        f"def upgrade():\n{upgrade}\n\n\ndef downgrade():\n{downgrade}\n"
+    )
+
+
+def test_concurrent_index_migration_applies_as_under_the_alembic_cli(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    # Old failure: `alembic current` autobegan a transaction on the migration connection, and
+    # autocommit_block() died on Alembic's `assert self._transaction is not None`.
+    add_revision(
+        backend_copy,
+        "c3_concurrent",
+        HEAD,
+        "    with op.get_context().autocommit_block():\n"
+        '        op.create_index("ix_recon_type", "reconciliation_findings", ["finding_type"],'
+        " postgresql_concurrently=True)",
+        "    with op.get_context().autocommit_block():\n"
+        '        op.drop_index("ix_recon_type", "reconciliation_findings",'
+        " postgresql_concurrently=True)",
+    )
+    config = write_config(
+        tmp_path,
+        database=scenario_db.name,
+        alembic_ini=backend_copy / "alembic.ini",
+        expected_chain=(*CHAIN, "c3_concurrent"),
+        app_dir=None,
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.result.ret == 0, run.output
+    assert f"upgraded {CHAIN[0]} -> c3_concurrent (3 revision(s))" in str(run.step("1.2"))
+    assert scenario_db.scalar("SELECT count(*) FROM pg_indexes WHERE indexname = 'ix_recon_type'")
+
+
+def test_database_at_head_has_nothing_to_upgrade(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    # Old summary: "upgraded <head> -> <head>".
+    scenario_db.upgrade("head")
+    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.result.ret == 0, run.output
+    assert "already at head: nothing to upgrade" in str(run.step("1.2"))
+    assert f"upgraded {HEAD} -> {HEAD}" not in run.output
+
+
+def test_failing_migration_is_named_with_its_statement_and_error(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    # Old failure: "`alembic upgrade head` failed" with the error alone, no revision.
+    add_revision(
+        backend_copy,
+        "c3_broken",
+        HEAD,
+        '    op.execute("ALTER TABLE no_such_table ADD COLUMN x int")',
+        "    pass",
+    )
+    config = write_config(
+        tmp_path,
+        database=scenario_db.name,
+        alembic_ini=backend_copy / "alembic.ini",
+        expected_chain=(*CHAIN, "c3_broken"),
+        app_dir=None,
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.2")["outcome"] == "failed"
+    assert "`alembic upgrade head` failed in revision c3_broken" in run.output
+    assert "statement: ALTER TABLE no_such_table ADD COLUMN x int" in run.output
+    assert 'relation "no_such_table" does not exist' in run.output
+
+
+def test_hand_made_index_at_head_is_dropped_by_name_not_reset(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    # Old remedy at 1.2: "reset the staging database" for one extra index.
+    scenario_db.upgrade("head")
+    scenario_db.execute("CREATE INDEX ix_by_hand ON reconciliation_findings (provider)")
+    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    step = str(run.step("1.2"))
+    assert run.step("1.2")["outcome"] == "failed"
+    assert f"The schema is revision {HEAD} plus 1 object(s) made by hand" in step
+    assert "DROP INDEX CONCURRENTLY ix_by_hand;" in step
+    assert "reset the staging database" not in step
+
+
+def test_downgrade_that_does_not_restore_its_parent_is_named(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    middle = backend_copy / "migrations" / "versions" / f"{CHAIN[1]}.py"
+    middle.write_text(
+        middle.read_text().replace(
+            'op.drop_table("reconciliation_findings")',
+            'op.drop_index("ix_recon_findings_tenant", "reconciliation_findings")',
+        )
+    )
+    config = write_config(
+        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini", app_dir=None
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.2")["outcome"] == "passed", run.output
+    assert run.step("1.4")["outcome"] == "failed"
+    assert f"{CHAIN[1]}: downgrade does not restore {CHAIN[0]}: extra " in run.output
+    assert f"Fix the downgrade() of {CHAIN[1]} first" in run.output
+
+
+def test_transaction_per_migration_commits_each_revision_as_the_cli_does(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    # Old behaviour: inside the transaction `alembic current` had opened, env.py's
+    # transaction_per_migration was ignored and a later failure rolled back every revision.
+    env_py = backend_copy / "migrations" / "env.py"
+    env_py.write_text(
+        env_py.read_text().replace(
+            "context.configure(connection=connection, target_metadata=None)",
+            "context.configure(connection=connection, target_metadata=None,"
+            " transaction_per_migration=True)",
+        )
+    )
+    add_revision(
+        backend_copy, "c3_ok", HEAD, '    op.execute("CREATE TABLE c3 (id int)")', "    pass"
+    )
+    add_revision(backend_copy, "c4_broken", "c3_ok", '    op.execute("SELECT 1/0")', "    pass")
+    config = write_config(
+        tmp_path,
+        database=scenario_db.name,
+        alembic_ini=backend_copy / "alembic.ini",
+        expected_chain=(*CHAIN, "c3_ok", "c4_broken"),
+        app_dir=None,
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert "`alembic upgrade head` failed in revision c4_broken" in run.output
+    assert "division by zero" in run.output
+    assert scenario_db.current() == ("c3_ok",)
+
+
+def test_no_head_names_the_empty_versions_folder(
+    scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
+) -> None:
+    # Old remedy: "point it at the backend's alembic.ini", which the config already did.
+    for revision in (backend_copy / "migrations" / "versions").glob("*.py"):
+        revision.unlink()
+    config = write_config(
+        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini", app_dir=None
+    )
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.1")["outcome"] == "failed"
+    assert "The migration history has no head" in run.output
+    assert f"no revision scripts under {backend_copy / 'migrations'}" in run.output
+    assert "point it at the backend's alembic.ini" not in run.output

@@ -24,7 +24,7 @@ def main() -> None:
     out = args.out or config.forensics.snapshot
     if out is None:
         parser.error("give --out, or set [forensics] snapshot in the rollout config")
-    project = AlembicProject(config.migrations.alembic_ini)
+    project = AlembicProject.of(config.migrations)
     with start_ephemeral(walk_settings(config)) as server:
         history = fingerprint_history(project, server.url)
     save_snapshot(history, out)

@@ -165,6 +165,9 @@ class Fingerprint:
         return cls(frozenset(SchemaObject(*row) for row in rows))
 
 
+EMPTY = Fingerprint(frozenset())
+
+
 def fingerprint(connection: Connection, ignore_tables: Sequence[str] = ()) -> Fingerprint:
     """The schema as the catalog shows it now (read-only; one statement)."""
     rows = connection.execute(_CATALOG)
@@ -328,15 +331,23 @@ class SchemaLog:
     def read(self, connection: Connection) -> Fingerprint:
         """The schema now, on the connection the migrations run on (it sees their DDL)."""
         rows = connection.execute(_READ_STEP).all()
+        reread = set()
         for row in rows:
             if row.kind is None:
                 if row.unit_class == 0:
                     self._units.clear()
                     self._objects.clear()
                 else:
+                    reread.add((row.unit_class, row.unit_oid))
                     self._objects.difference_update(
                         self._units.pop((row.unit_class, row.unit_oid), ())
                     )
+        # ALTER COLUMN ... TYPE rebuilds a table's indexes under new oids without a drop event:
+        # a unit whose objects were all just read under another unit is that rebuilt one.
+        names = {(row.kind, row.name) for row in rows if row.kind is not None}
+        for unit, objects in list(self._units.items()):
+            if unit not in reread and all((o.kind, o.name) in names for o in objects):
+                self._objects.difference_update(self._units.pop(unit))
         for row in rows:
             if row.kind is not None and row.owner != VERSION_TABLE:
                 schema_object = _object(row)

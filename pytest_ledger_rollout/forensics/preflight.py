@@ -15,11 +15,10 @@ import sys
 import tempfile
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from alembic import command
-from alembic.config import Config
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -28,6 +27,7 @@ from ..migrations import AlembicProject
 from ..results import CheckResult, Evidence, Failure, failed, passed
 from ..schema import table_columns, unique_objects
 from .fingerprint import VERSION_TABLE
+from .history import History
 
 ALEMBIC_DEFAULT_WIDTH = 32  # Alembic creates version_num as VARCHAR(32)
 _RUNNING = re.compile(r"^-- Running upgrade (\S*) -> (\S+)\s*$", re.MULTILINE)
@@ -90,21 +90,55 @@ def _offline_url() -> Iterator[None]:
             os.environ["DATABASE_URL"] = previous
 
 
-def render_pending_sql(project: AlembicProject, current: Sequence[str]) -> dict[str, str]:
-    """`alembic upgrade FROM:heads --sql`, split per revision (keyed by the revision id)."""
-    if len(current) > 1:
-        raise ValueError("offline rendering starts from one revision; the target has several")
+def _render(project: AlembicProject, span: str) -> tuple[str, Exception | None]:
+    """`alembic upgrade SPAN --sql` (offline: env.py never connects): the SQL rendered until
+    it stopped, and why it stopped early (None when it rendered the whole span)."""
     buffer = io.StringIO()
-    config = Config(str(project.alembic_ini), output_buffer=buffer)
-    config.set_main_option("sqlalchemy.url", _OFFLINE_URL)
-    with _offline_url():
-        command.upgrade(config, f"{current[0]}:heads" if current else "heads", sql=True)
-    rendered = buffer.getvalue()
+    config = project.offline_config(_OFFLINE_URL, buffer)
+    try:
+        with _offline_url():
+            command.upgrade(config, span, sql=True)
+    except Exception as exc:  # whatever a migration that reads data raises offline
+        return buffer.getvalue(), exc
+    return buffer.getvalue(), None
+
+
+def _split(rendered: str) -> dict[str, str]:
     marks = list(_RUNNING.finditer(rendered))
     return {
         mark.group(2): rendered[mark.end() : marks[i + 1].start() if i + 1 < len(marks) else None]
         for i, mark in enumerate(marks)
     }
+
+
+def render_pending_sql(
+    project: AlembicProject, current: Sequence[str], revisions: Sequence[str]
+) -> tuple[dict[str, str], dict[str, str]]:
+    """`alembic upgrade FROM:heads --sql`, split per revision (keyed by the revision id), and
+    the revisions that cannot be rendered offline with why (they read data: op.get_bind(),
+    sa.inspect(bind), a rowcount). A revision that fails is the last one the output had
+    started (Alembic writes its "-- Running upgrade" mark before running it): rendering goes
+    on from the revision after it, so each such revision costs one more env.py run."""
+    if len(current) > 1:
+        raise ValueError("offline rendering starts from one revision; the target has several")
+    rendered: dict[str, str] = {}
+    unrendered: dict[str, str] = {}
+    start = current[0] if current else None
+    while True:
+        sql, error = _render(project, f"{start}:heads" if start else "heads")
+        steps = _split(sql)
+        if error is None:
+            rendered.update(steps)
+            return rendered, unrendered
+        failing = list(steps)[-1] if steps else None
+        if failing is None or failing in unrendered:
+            # Failed before any revision ran (env.py itself): nothing more can be rendered.
+            reason = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+            unrendered.update({rev: reason for rev in revisions if rev not in rendered})
+            return rendered, unrendered
+        rendered.update({rev: body for rev, body in steps.items() if rev != failing})
+        unrendered[failing] = f"{type(error).__name__}: {' '.join(str(error).split())[:300]}"
+        start = failing
 
 
 @dataclass(frozen=True)
@@ -114,13 +148,18 @@ class PendingUpgrade:
     current: tuple[str, ...]
     revisions: tuple[str, ...]  # oldest first
     sql: dict[str, str]  # rendered offline, per revision
+    # Revisions that cannot be rendered offline (they read data), with the error.
+    unrendered: dict[str, str] = field(default_factory=dict)
+
+    def not_linted(self) -> list[str]:
+        return [f"{rev} reads data; its statements were not linted" for rev in self.unrendered]
 
 
 def read_pending(project: AlembicProject, connection: Connection) -> PendingUpgrade:
     current = project.current(connection)
-    return PendingUpgrade(
-        current, pending_revisions(project, current), render_pending_sql(project, current)
-    )
+    revisions = pending_revisions(project, current)
+    sql, unrendered = render_pending_sql(project, current, revisions)
+    return PendingUpgrade(current, revisions, sql, unrendered)
 
 
 # --- version width ------------------------------------------------------------------------
@@ -186,9 +225,32 @@ def check_version_width(connection: Connection, pending: PendingUpgrade) -> Chec
 # --- duplicates against a pending UNIQUE --------------------------------------------------
 
 
-def check_unique_preflight(connection: Connection, spec: UniqueSpec, limit: int) -> CheckResult:
+_ADD_COLUMN = re.compile(
+    r"ALTER\s+TABLE\s+(?:ONLY\s+)?(?:IF\s+EXISTS\s+)?(\"[^\"]+\"|[\w.]+)\s+ADD\s+(?:COLUMN\s+)?"
+    r"(?:IF\s+NOT\s+EXISTS\s+)?(\"[^\"]+\"|\w+)\s+([^;]*)",
+    re.IGNORECASE,
+)
+_DEFAULT = re.compile(r"\bDEFAULT\s+(.+?)(?:\s+NOT\s+NULL|\s+NULL)?\s*$", re.IGNORECASE)
+_CONSTANT = re.compile(r"^(?:'[^']*'(?:::\w+)?|-?\d+(?:\.\d+)?|true|false)$", re.IGNORECASE)
+
+
+def _added_columns(pending: PendingUpgrade, table: str) -> dict[str, tuple[str, str]]:
+    """Columns the rendered pending revisions add to ``table``: name -> (revision, default)."""
+    added = {}
+    for rev, sql in pending.sql.items():
+        for match in _ADD_COLUMN.finditer(sql):
+            if match.group(1).strip('"') == table:
+                default = _DEFAULT.search(" ".join(match.group(3).split()))
+                added[match.group(2).strip('"')] = (rev, default.group(1) if default else "")
+    return added
+
+
+def check_unique_preflight(
+    connection: Connection, spec: UniqueSpec, limit: int, pending: PendingUpgrade | None = None
+) -> CheckResult:
     """Would UNIQUE(spec.columns) fail on today's rows? One statement: the number of duplicate
-    groups and the worst ``limit`` groups (keys and copies only)."""
+    groups and the worst ``limit`` groups (keys and copies only). Columns a pending revision
+    adds are checked as far as their definition allows."""
     label = f"UNIQUE ({', '.join(spec.columns)}) on {spec.table}"
     columns = {name for name, _, _ in table_columns(connection, spec.table)}
     if not columns:
@@ -196,37 +258,78 @@ def check_unique_preflight(connection: Connection, spec: UniqueSpec, limit: int)
     if any(set(u.columns) == set(spec.columns) for u in unique_objects(connection, spec.table)):
         return passed(f"{label}: already enforced by the database")
     absent = [c for c in spec.columns if c not in columns]
-    if absent:
+    if not absent:
+        return _duplicates(connection, spec, spec.columns, limit, label)
+    added = _added_columns(pending, spec.table) if pending else {}
+    unexplained = [c for c in absent if c not in added]
+    if unexplained and pending is not None and pending.unrendered:
+        return passed(
+            f"{label}: could not be checked: {', '.join(unexplained)} not in {spec.table} yet, "
+            f"and {', '.join(pending.unrendered)} (not rendered offline: "
+            f"{'; '.join(pending.not_linted())}) may add it",
+        )
+    if unexplained:
         return failed(
             Failure(
-                f"{spec.table} lacks column(s) {', '.join(absent)} of the UNIQUE to be added",
+                f"{spec.table} lacks column(s) {', '.join(unexplained)} of the UNIQUE to be added",
                 expected=f"{spec.table} with columns {', '.join(spec.columns)}",
-                seen=f"columns: {', '.join(sorted(columns))}",
+                seen=f"columns: {', '.join(sorted(columns))}; no pending revision adds "
+                f"{', '.join(unexplained)}",
                 remedy="The table differs from the claimed revision: see the schema state check.",
             )
         )
+    new = [
+        f"{c} (added by {added[c][0]}" + (f", DEFAULT {added[c][1]})" if added[c][1] else ")")
+        for c in absent
+    ]
+    defaults = [added[c][1] for c in absent if added[c][1]]
+    if not defaults:
+        return passed(
+            f"{label}: nothing can conflict: {', '.join(new)} is new and has no default, so "
+            "every existing row holds NULL there, and NULLs never conflict in a UNIQUE"
+        )
+    present = [c for c in spec.columns if c in columns]
+    if present and all(_CONSTANT.match(d) for d in defaults):
+        # Every existing row gets the same constant: duplicates are those of the rest.
+        return _duplicates(connection, spec, tuple(present), limit, label, new)
+    return passed(
+        f"{label}: could not be checked on today's rows: {', '.join(new)} gets a default "
+        "computed at upgrade time, so the keys only exist after the upgrade (step 1.3 then "
+        "proves the constraint)"
+    )
+
+
+def _duplicates(
+    connection: Connection,
+    spec: UniqueSpec,
+    keys_checked: Sequence[str],
+    limit: int,
+    label: str,
+    new: Sequence[str] = (),
+) -> CheckResult:
     quote = connection.dialect.identifier_preparer.quote
-    keys = ", ".join(quote(c) for c in spec.columns)
+    keys = ", ".join(quote(c) for c in keys_checked)
     table = ".".join(quote(part) for part in spec.table.split("."))
     sql = (
         f"SELECT count(*) OVER () AS groups, count(*) AS copies, {keys} FROM {table} "
-        f"WHERE {' AND '.join(f'{quote(c)} IS NOT NULL' for c in spec.columns)} "
+        f"WHERE {' AND '.join(f'{quote(c)} IS NOT NULL' for c in keys_checked)} "
         f"GROUP BY {keys} HAVING count(*) > 1 ORDER BY copies DESC, {keys} LIMIT :limit"
     )
     rows = connection.execute(text(sql), {"limit": limit}).all()
+    scope = f" (over {', '.join(keys_checked)}: {', '.join(new)} is one constant)" if new else ""
     record = Evidence(f"duplicate groups for {label}", sql)
     if not rows:
-        return passed(f"{label}: no duplicate groups", record)
+        return passed(f"{label}: no duplicate groups{scope}", record)
     worst = [
         f"{row.copies} rows: "
-        + ", ".join(f"{c}={str(v)[:80]!r}" for c, v in zip(spec.columns, row[2:], strict=True))
+        + ", ".join(f"{c}={str(v)[:80]!r}" for c, v in zip(keys_checked, row[2:], strict=True))
         for row in rows
     ]
     return failed(
         Failure(
             f"{rows[0].groups} duplicate group(s) would make the UNIQUE on {spec.table} fail",
             expected=f"no two rows of {spec.table} share ({', '.join(spec.columns)})",
-            seen=f"{rows[0].groups} group(s); the worst {len(rows)}:\n" + "\n".join(worst),
+            seen=f"{rows[0].groups} group(s){scope}; the worst {len(rows)}:\n" + "\n".join(worst),
             remedy=(
                 "Do not run the upgrade yet: resolve the duplicates first (keep one row per key, "
                 "per the reconciliation owners' rule), rerun this pre-flight, then upgrade."
@@ -267,10 +370,13 @@ def squawk_binary() -> str | None:
 
 
 def check_lock_hazards(
-    connection: Connection, rendered: dict[str, str], settings: ForensicsConfig
+    connection: Connection, pending: PendingUpgrade, settings: ForensicsConfig
 ) -> CheckResult:
     """squawk on the rendered pending SQL; a lock finding on a table the catalog shows large
-    (reltuples or total size over the thresholds) fails."""
+    (reltuples or total size over the thresholds) fails. Revisions that cannot be rendered
+    offline are named, not guessed at."""
+    rendered = pending.sql
+    not_linted = pending.not_linted()
     binary = squawk_binary()
     if binary is None:
         return failed(
@@ -282,7 +388,10 @@ def check_lock_hazards(
             )
         )
     if not rendered:
-        return passed("no pending migration to lint")
+        return passed(
+            "; ".join(["no pending statement to lint", *not_linted]),
+            *_unrendered_evidence(pending),
+        )
     version = connection.execute(text("SHOW server_version")).scalar_one().split()[0]
     with tempfile.TemporaryDirectory(prefix="ledger-rollout-squawk-") as folder:
         files = {}
@@ -336,10 +445,16 @@ def check_lock_hazards(
     sql_record = Evidence("pending SQL (alembic upgrade --sql)", "".join(rendered.values()))
     if not large:
         return passed(
-            f"{len(hazards)} lock finding(s), none on a large table "
-            f"(>= {settings.large_table_rows} rows or {settings.large_table_bytes} bytes)",
+            "; ".join(
+                [
+                    f"{len(hazards)} lock finding(s), none on a large table "
+                    f"(>= {settings.large_table_rows} rows or {settings.large_table_bytes} bytes)",
+                    *not_linted,
+                ]
+            ),
             record,
             sql_record,
+            *_unrendered_evidence(pending),
         )
     return failed(
         Failure(
@@ -359,7 +474,18 @@ def check_lock_hazards(
         ),
         record,
         sql_record,
+        *_unrendered_evidence(pending),
     )
+
+
+def _unrendered_evidence(pending: PendingUpgrade) -> list[Evidence]:
+    if not pending.unrendered:
+        return []
+    body = "\n".join(
+        f"{line}\n    offline rendering: {pending.unrendered[rev]}"
+        for rev, line in zip(pending.unrendered, pending.not_linted(), strict=True)
+    )
+    return [Evidence("pending revisions not linted (they read data)", body)]
 
 
 def _is_large(hazard: Hazard, settings: ForensicsConfig) -> bool:
@@ -430,3 +556,31 @@ def _downgrade_verdict(path: Path) -> str | None:
 
 def _is_constant(statement: ast.stmt) -> bool:
     return isinstance(statement, ast.Expr) and isinstance(statement.value, ast.Constant)
+
+
+def check_downgrades_proven(history: History, revisions: Sequence[str]) -> CheckResult:
+    """Each revision's downgrade, run on the walk's throwaway database from head, restores the
+    fingerprint of the revision it goes back to (pytest-alembic's up/down consistency)."""
+    lines, problems = [], []
+    for rev in reversed(revisions):
+        verdict = history.downgrades.get(
+            rev, "not proven: a downgrade above it failed or did not restore its parent"
+        )
+        lines.append(f"{rev}: {verdict}")
+        if not verdict.startswith(("downgrade restores", "downgrade ran")):
+            problems.append(lines[-1])
+    record = Evidence("downgrades replayed from head on a throwaway database", "\n".join(lines))
+    if not problems:
+        return passed(f"{len(revisions)} revision(s) downgrade to their parent's schema", record)
+    return failed(
+        Failure(
+            f"{len(problems)} upgraded revision(s) do not downgrade to their parent's schema",
+            expected="each revision's downgrade() restores exactly the schema before it",
+            seen="\n".join(problems),
+            remedy=(
+                f"Fix the downgrade() of {problems[0].split(':')[0]} first (the walk stops at "
+                "the first that fails), rerun; or record the accepted risk as a waiver."
+            ),
+        ),
+        record,
+    )

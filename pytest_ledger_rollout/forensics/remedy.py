@@ -34,7 +34,7 @@ def read_state(
     history: History, live: Fingerprint, claimed: Sequence[str], ignore_tables: Sequence[str]
 ) -> SchemaState:
     live = live.without(ignore_tables)
-    schemas = {BASE: Fingerprint(frozenset())} | {
+    schemas = {BASE: history.base.without(ignore_tables)} | {
         rev: history.fingerprints[rev].without(ignore_tables) for rev in history.order
     }
     differences = {rev: schema.differences(live) for rev, schema in schemas.items()}
@@ -107,6 +107,19 @@ def check_schema_state(state: SchemaState, kind: str) -> CheckResult:
             "1. Preferred: reset the staging database, then `alembic upgrade head`.\n"
             f"2. Controlled: `alembic stamp {stamp}` then `alembic upgrade head`.\n" + proof
         )
+    elif state.nearest in state.claimed and all(
+        d.change == "extra" and d.kind in ("index", "constraint") for d in state.against_nearest
+    ):
+        # Only indexes or constraints added to the claimed revision: drop them, not a reset.
+        title = (
+            f"The schema is revision {state.nearest} plus {len(state.against_nearest)} object(s) "
+            "made by hand"
+        )
+        staging = (
+            "Either make each addition official in a new migration (then regenerate the "
+            "fingerprint snapshot, if one is configured), or revert it on the target:\n"
+            + revert_statements(state.against_nearest)
+        )
     else:
         title = f"The schema matches no revision (nearest: {state.nearest})"
         staging = (
@@ -174,14 +187,29 @@ def check_drift_at_head(
             seen="\n".join(d.line() for d in differences),
             remedy=(
                 "Each difference was made by hand. Either make it official in a new migration "
-                "(and regenerate the fingerprint snapshot), or revert it on the target (an extra "
-                "index: DROP INDEX CONCURRENTLY; a changed column or dropped constraint: restore "
-                "the definition shown at head). Tables owned by another service belong in "
-                "[forensics] ignore_tables."
+                "(and regenerate the fingerprint snapshot), or revert it on the target:\n"
+                + revert_statements(differences)
+                + "\nTables owned by another service belong in [forensics] ignore_tables."
             ),
         ),
         difference_table(differences, head),
     )
+
+
+def revert_statements(differences: Sequence[Difference]) -> str:
+    """The exact statement that reverts each difference, where one is safe to name."""
+    lines = []
+    for d in differences:
+        table, _, member = d.name.rpartition(".")
+        if d.change == "extra" and d.kind == "index":
+            lines.append(f"    DROP INDEX CONCURRENTLY {d.name};")
+        elif d.change == "extra" and d.kind == "constraint":
+            lines.append(f"    ALTER TABLE {table} DROP CONSTRAINT {member};")
+        elif d.change == "missing" and d.kind == "index":
+            lines.append(f"    {d.expected.replace(' INDEX ', ' INDEX CONCURRENTLY ', 1)};")
+        else:
+            lines.append(f"    {d.line()}: restore the definition shown for the revision by hand")
+    return "\n".join(lines)
 
 
 def stamp_hint(history: History | None, live: Fingerprint, claimed: Sequence[str]) -> str | None:

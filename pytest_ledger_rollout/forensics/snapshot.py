@@ -27,6 +27,8 @@ def save_snapshot(history: History, path: Path) -> None:
         "order": list(history.order),
         "parents": {rev: list(down) for rev, down in history.parents.items()},
         "fingerprints": {rev: fp.as_rows() for rev, fp in history.fingerprints.items()},
+        "base": history.base.as_rows(),
+        "downgrades": history.downgrades,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -44,6 +46,8 @@ def load_snapshot(path: Path, project: AlembicProject) -> History:
             fingerprints={
                 rev: Fingerprint.from_rows(rows) for rev, rows in data["fingerprints"].items()
             },
+            base=Fingerprint.from_rows(data.get("base", [])),
+            downgrades=dict(data.get("downgrades", {})),
         )
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise StaleSnapshot(f"{path}: cannot be read as a fingerprint snapshot ({exc})") from None

@@ -15,6 +15,7 @@ from pytest_ledger_rollout.forensics.history import History
 from pytest_ledger_rollout.forensics.preflight import (
     PendingUpgrade,
     check_downgrades,
+    check_downgrades_proven,
     check_lock_hazards,
     check_unique_preflight,
     check_version_width,
@@ -105,11 +106,13 @@ def test_preflight_pending_ids_fit_version_table(
 
 @pytest.mark.dod("1.2")
 def test_preflight_unique_holds_on_todays_rows(
-    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection, pending: PendingUpgrade, rollout_config: RolloutConfig, evidence: StepRecorder
 ) -> None:
     """Pre-flight: no duplicate groups would break the configured UNIQUE constraints"""
     limit = rollout_config.forensics.duplicate_groups_shown
-    evidence.check(*(check_unique_preflight(db, spec, limit) for spec in rollout_config.unique))
+    evidence.check(
+        *(check_unique_preflight(db, spec, limit, pending) for spec in rollout_config.unique)
+    )
 
 
 @pytest.mark.dod("1.2")
@@ -117,7 +120,7 @@ def test_preflight_no_long_locks_on_large_tables(
     db: Connection, pending: PendingUpgrade, rollout_config: RolloutConfig, evidence: StepRecorder
 ) -> None:
     """Pre-flight: no pending statement holds a long lock on a large table (squawk + catalog)"""
-    evidence.check(check_lock_hazards(db, pending.sql, rollout_config.forensics))
+    evidence.check(check_lock_hazards(db, pending, rollout_config.forensics))
 
 
 @pytest.mark.dod("1.4")
@@ -127,6 +130,18 @@ def test_upgraded_revisions_have_downgrades(
     """Before the smoke: the upgraded revisions and head have a downgrade"""
     revisions = tuple(dict.fromkeys((*pending.revisions, *alembic_project.heads())))
     evidence.check(check_downgrades(alembic_project, revisions))
+
+
+@pytest.mark.dod("1.4")
+def test_upgraded_revisions_downgrade_to_their_parents(
+    alembic_project: AlembicProject,
+    history: History,
+    pending: PendingUpgrade,
+    evidence: StepRecorder,
+) -> None:
+    """Before the smoke: each upgraded revision's downgrade restores its parent's schema"""
+    revisions = tuple(dict.fromkeys((*pending.revisions, *alembic_project.heads())))
+    evidence.check(check_downgrades_proven(history, revisions))
 
 
 @pytest.mark.dod("1.3")
