@@ -141,10 +141,11 @@ def _write_head_downgrade(backend_copy: Path, body: str) -> None:
     )
 
 
-def test_downgrade_that_does_nothing_fails_the_smoke(
+def test_downgrade_that_does_nothing_stops_the_smoke_before_it_runs(
     scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
 ) -> None:
-    # Not empty (the pre-flight lets it through), but it undoes nothing.
+    # Not empty (the first pre-flight lets it through), but it undoes nothing: the walk on a
+    # throwaway database proves it before the smoke would touch staging.
     _write_head_downgrade(backend_copy, "    op.execute('SELECT 1')\n")
     config = write_config(
         tmp_path,
@@ -153,9 +154,14 @@ def test_downgrade_that_does_nothing_fails_the_smoke(
     )
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.2")["outcome"] == "passed"
-    assert run.step("1.4")["outcome"] == "failed"
-    assert "`alembic downgrade -1` changed no schema object" in run.output
-    assert f"Fix the downgrade() of {HEAD}" in run.output
+    smoke = run.step("1.4")
+    assert smoke["outcome"] == "failed"
+    checks = {c["check"]: c for c in smoke["checks"]}
+    proven = checks["test_upgraded_revisions_downgrade_to_their_parents"]
+    assert proven["outcome"] == "failed"
+    assert HEAD in proven["summary"] or HEAD in str(proven["failure"])
+    assert checks["test_downgrade_upgrade_smoke"]["summary"].startswith("not attempted: preflight")
+    assert scenario_db.current() == (HEAD,)  # upgraded by 1.2, never downgraded
 
 
 def test_empty_downgrade_stops_the_smoke_before_it_runs(
@@ -368,7 +374,6 @@ def test_concurrent_index_migration_applies_as_under_the_alembic_cli(
         database=scenario_db.name,
         alembic_ini=backend_copy / "alembic.ini",
         expected_chain=(*CHAIN, "c3_concurrent"),
-        app_dir=None,
     )
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.result.ret == 0, run.output
@@ -381,7 +386,7 @@ def test_database_at_head_has_nothing_to_upgrade(
 ) -> None:
     # Old summary: "upgraded <head> -> <head>".
     scenario_db.upgrade("head")
-    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    config = write_config(tmp_path, database=scenario_db.name)
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.result.ret == 0, run.output
     assert "already at head: nothing to upgrade" in str(run.step("1.2"))
@@ -391,26 +396,28 @@ def test_database_at_head_has_nothing_to_upgrade(
 def test_failing_migration_is_named_with_its_statement_and_error(
     scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
 ) -> None:
-    # Old failure: "`alembic upgrade head` failed" with the error alone, no revision.
+    # Old failure: "`alembic upgrade head` failed" with the error alone, no revision. The
+    # revision fails only on this database's rows: the walk from empty passes, so the
+    # pre-flights let the upgrade run, and the upgrade's own failure is what is reported.
     add_revision(
         backend_copy,
         "c3_broken",
         HEAD,
-        '    op.execute("ALTER TABLE no_such_table ADD COLUMN x int")',
+        "    op.execute(\"ALTER TABLE tenants ADD CONSTRAINT ck_named CHECK (name <> 'legacy')\")",
         "    pass",
     )
+    scenario_db.execute("INSERT INTO tenants (id, name) VALUES ('t-legacy', 'legacy')")
     config = write_config(
         tmp_path,
         database=scenario_db.name,
         alembic_ini=backend_copy / "alembic.ini",
         expected_chain=(*CHAIN, "c3_broken"),
-        app_dir=None,
     )
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.2")["outcome"] == "failed"
     assert "`alembic upgrade head` failed in revision c3_broken" in run.output
-    assert "statement: ALTER TABLE no_such_table ADD COLUMN x int" in run.output
-    assert 'relation "no_such_table" does not exist' in run.output
+    assert "statement: ALTER TABLE tenants ADD CONSTRAINT ck_named" in run.output
+    assert 'check constraint "ck_named"' in run.output and "is violated by some row" in run.output
 
 
 def test_hand_made_index_at_head_is_dropped_by_name_not_reset(
@@ -419,13 +426,14 @@ def test_hand_made_index_at_head_is_dropped_by_name_not_reset(
     # Old remedy at 1.2: "reset the staging database" for one extra index.
     scenario_db.upgrade("head")
     scenario_db.execute("CREATE INDEX ix_by_hand ON reconciliation_findings (provider)")
-    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    config = write_config(tmp_path, database=scenario_db.name)
     run = run_phase(config, "--target=staging", url=scenario_db.url)
-    step = str(run.step("1.2"))
-    assert run.step("1.2")["outcome"] == "failed"
-    assert f"The schema is revision {HEAD} plus 1 object(s) made by hand" in step
+    # Nothing is pending, so the upgrade has nothing to guard: 1.3's drift check names it.
+    assert run.step("1.2")["outcome"] == "passed"
+    step = str(run.step("1.3"))
+    assert run.step("1.3")["outcome"] == "failed"
     assert "DROP INDEX CONCURRENTLY ix_by_hand;" in step
-    assert "reset the staging database" not in step
+    assert "reset the staging database" not in str(run.json())
 
 
 def test_downgrade_that_does_not_restore_its_parent_is_named(
@@ -439,7 +447,7 @@ def test_downgrade_that_does_not_restore_its_parent_is_named(
         )
     )
     config = write_config(
-        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini", app_dir=None
+        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini"
     )
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.2")["outcome"] == "passed", run.output
@@ -464,17 +472,24 @@ def test_transaction_per_migration_commits_each_revision_as_the_cli_does(
     add_revision(
         backend_copy, "c3_ok", HEAD, '    op.execute("CREATE TABLE c3 (id int)")', "    pass"
     )
-    add_revision(backend_copy, "c4_broken", "c3_ok", '    op.execute("SELECT 1/0")', "    pass")
+    # Fails on this database's rows only (see the test above): the walk from empty passes.
+    add_revision(
+        backend_copy,
+        "c4_broken",
+        "c3_ok",
+        "    op.execute(\"ALTER TABLE tenants ADD CONSTRAINT ck_c4 CHECK (name <> 'legacy')\")",
+        "    pass",
+    )
+    scenario_db.execute("INSERT INTO tenants (id, name) VALUES ('t-legacy', 'legacy')")
     config = write_config(
         tmp_path,
         database=scenario_db.name,
         alembic_ini=backend_copy / "alembic.ini",
         expected_chain=(*CHAIN, "c3_ok", "c4_broken"),
-        app_dir=None,
     )
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert "`alembic upgrade head` failed in revision c4_broken" in run.output
-    assert "division by zero" in run.output
+    assert 'check constraint "ck_c4"' in run.output
     assert scenario_db.current() == ("c3_ok",)
 
 
@@ -485,7 +500,7 @@ def test_no_head_names_the_empty_versions_folder(
     for revision in (backend_copy / "migrations" / "versions").glob("*.py"):
         revision.unlink()
     config = write_config(
-        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini", app_dir=None
+        tmp_path, database=scenario_db.name, alembic_ini=backend_copy / "alembic.ini"
     )
     run = run_phase(config, "--target=staging", url=scenario_db.url)
     assert run.step("1.1")["outcome"] == "failed"
