@@ -291,7 +291,9 @@ def check_current_not_empty(project: AlembicProject, connection: Connection) -> 
     evidence = Evidence("alembic current", "\n".join(current) or "(empty)")
     if current:
         return passed(
-            "current: " + ", ".join(current), evidence, **{"alembic current": ",".join(current)}
+            "current: " + ", ".join(current),
+            evidence,
+            **{"alembic current (before the upgrade)": ",".join(current)},
         )
     return failed(
         Failure(
@@ -316,7 +318,7 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
         return passed(
             "already at head: nothing to upgrade",
             Evidence("alembic upgrade head", f"current = {head} = head: no revision pending"),
-            **{"alembic current": head},
+            **{"alembic current (after the upgrade)": head},
         )
     try:
         applied = project.upgrade(connection, "head")
@@ -358,7 +360,7 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
     return passed(
         f"upgraded {start} -> {head} ({len(applied.steps)} revision(s)){note}",
         evidence,
-        **{"alembic current": head},
+        **{"alembic current (after the upgrade)": head},
     )
 
 

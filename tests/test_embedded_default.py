@@ -76,7 +76,10 @@ def test_embedded_default_passes_and_writes_the_signoff(tmp_path: Path) -> None:
         ("1.1", "1.2", "1.3", "1.4"), "passed"
     )
     env = data["environment"]
-    assert env["alembic current"] == "20251222_02_reconciliation_findings_unique_idx"
+    assert (
+        env["alembic current (after the upgrade)"]
+        == "20251222_02_reconciliation_findings_unique_idx"
+    )
     assert re.fullmatch(r"127\.0\.0\.1:\d+/ledger", env["database"])
     for line in checksums.read_text().splitlines():
         digest, name = line.split("  ")

@@ -300,7 +300,7 @@ def test_objects_created_outside_alembic_name_the_revision_to_stamp(
     )
     assert f"`alembic stamp {revision}` then `alembic upgrade head`" in failure_text(staging)
     assert "0 differences" in failure_text(staging)
-    assert staging.facts["schema matches revision"] == revision
+    assert staging.facts["schema matches revision (before the upgrade)"] == revision
     table = next(e for e in staging.evidence if e.label.startswith("table: "))
     assert "extra\ttable\treconciliation_findings" in table.body
     production = failure_text(check_schema_state(state, "production"))
@@ -574,7 +574,7 @@ def test_suite_names_the_revision_to_stamp_in_static_html(
     assert upgrade["summary"].startswith("not attempted: preflight")
     assert scenario_db.current() == (CHAIN[0],)
     html = run.artifact(".html").read_text()
-    assert "schema matches revision</th><td>" + CHAIN[1] in html
+    assert "schema matches revision (before the upgrade)</th><td>" + CHAIN[1] in html
     assert "<th>change</th><th>kind</th><th>name</th>" in html
     assert "<td>extra</td><td>table</td><td>reconciliation_findings</td>" in html
 

@@ -71,8 +71,9 @@ def check_schema_state(state: SchemaState, kind: str) -> CheckResult:
     """Runbook 1.1/1.2: the schema is the one alembic_version claims; else name the revision it
     does match and the exact, kind-appropriate remedy."""
     facts = {
-        "schema matches revision": ", ".join(state.matched) or f"none (nearest {state.nearest})",
-        "alembic_version claims": state.claimed_label,
+        "schema matches revision (before the upgrade)": ", ".join(state.matched)
+        or f"none (nearest {state.nearest})",
+        "alembic_version claims (before the upgrade)": state.claimed_label,
     }
     summary = Evidence(
         "schema forensics",
