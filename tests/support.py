@@ -161,6 +161,25 @@ def cloned_database(
             connection.execute(text(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
+@contextmanager
+def flags_restored(db: ScenarioDb) -> Iterator[None]:
+    """Puts ``feature_flags`` back as it was (rows, states, change times: the gate reads them
+    all) for a test that flips flags on a database other tests share."""
+    saved = db.scalar("SELECT coalesce(json_agg(f), '[]')::text FROM feature_flags f")
+    try:
+        yield
+    finally:
+        with db.engine.begin() as connection:
+            connection.execute(text("DELETE FROM feature_flags"))
+            connection.execute(
+                text(
+                    "INSERT INTO feature_flags SELECT * FROM"
+                    " json_populate_recordset(NULL::feature_flags, CAST(:saved AS json))"
+                ),
+                {"saved": saved},
+            )
+
+
 RELEASE = "2026.11.3"
 IDENTITY = {
     "database": "ledger",

@@ -24,7 +24,7 @@ from sqlalchemy.engine import make_url
 
 from pytest_ledger_rollout.postgres import EphemeralServer
 
-from .support import REFERENCE_BACKEND, ScenarioDb, cloned_database
+from .support import REFERENCE_BACKEND, ScenarioDb, cloned_database, flags_restored
 
 sys.path.insert(0, str(REFERENCE_BACKEND))  # the service is run from its folder, not installed
 from backend.process import ServiceProcess, ServiceStartError, start_service
@@ -38,7 +38,7 @@ FLAG_KEYS = {
     "enforced": "webhook_signature_enforced",
     "enforce": "ledger_enforce_balance",
 }
-SEED = ("--tenants", "8", "--wallets-per-tenant", "20")
+SEED = ("--tenants", "9", "--wallets-per-tenant", "20")
 
 
 # --- helpers ---------------------------------------------------------------------------------
@@ -165,7 +165,7 @@ def event() -> str:
 def service_db(
     admin_engine: Engine, baseline_template: str, pg_server: EphemeralServer
 ) -> Iterator[ScenarioDb]:
-    """One database at head for the module's service: 8 seeded tenants, each test its own."""
+    """One database at head for the module's service: 9 seeded tenants, each test its own."""
     with cloned_database(admin_engine, baseline_template, pg_server.url, "service") as db:
         db.upgrade("head")
         seeded = run_script(db.url, "seed", *SEED)
@@ -182,9 +182,12 @@ def service(
         yield process  # leaving the block terminates it, whatever the tests did
 
 
-@pytest.fixture(scope="module")
-def client(service: ServiceProcess) -> Client:
-    return Client(service)
+@pytest.fixture
+def client(service: ServiceProcess, service_db: ScenarioDb) -> Iterator[Client]:
+    """A client of the module's service. Its flags go back to the seeded ones after each test:
+    a test sets every flag it relies on, whichever tests ran before it."""
+    with flags_restored(service_db):
+        yield Client(service)
 
 
 StartService = Callable[..., ServiceProcess]
@@ -352,11 +355,9 @@ def test_tenant_override_beats_global_and_missing_is_off(
 ) -> None:
     # Global on; t-007 overridden off: its bad signature is accepted, t-006's is refused.
     client.flags(None, enforced=True)
-    try:
-        assert client.deposit("t-007", event(), "1.00", signature="sha256=00").status_code == 200
-        assert client.deposit("t-006", event(), "1.00", signature="sha256=00").status_code == 401
-    finally:
-        client.flags(None, enforced=False)
+    client.flags("t-007", enforced=False)
+    assert client.deposit("t-007", event(), "1.00", signature="sha256=00").status_code == 200
+    assert client.deposit("t-006", event(), "1.00", signature="sha256=00").status_code == 401
     # No row at all for ledger_enforce_balance for t-006: off, the legacy balance decides.
     assert client.withdraw(wallet_id(service_db, "t-006"), "0.50").status_code == 201
 
@@ -387,7 +388,7 @@ def test_signed_deposit_credits_once_and_a_replay_is_a_duplicate(
 def test_without_shadow_write_a_deposit_moves_only_the_legacy_balance(
     client: Client, service_db: ScenarioDb
 ) -> None:
-    tenant, wid = "t-001", wallet_id(service_db, "t-001", "u-000002")
+    tenant, wid = "t-009", wallet_id(service_db, "t-009", "u-000002")
     client.flags(tenant, shadow=False, mismatch_log=False, enforced=True, enforce=False)
     legacy, ledger = client.balances(wid)
     assert client.deposit(tenant, event(), "10.00", wallet="u-000002").status_code == 200

@@ -37,6 +37,7 @@ from .support import (
     RunPhase,
     ScenarioDb,
     cloned_database,
+    flags_restored,
     require_prometheus,
     write_config,
     write_signoff,
@@ -122,7 +123,8 @@ REPAIR = (
 def run_roll(
     rehearsed: Rehearsed, run_phase: RunPhase, monkeypatch: pytest.MonkeyPatch
 ) -> Iterator[RunRoll]:
-    """Run stg-roll against the rehearsed database as a staging target."""
+    """Run stg-roll against the rehearsed database as a staging target. The flags a test flips
+    go back to the rehearsed rows afterwards: 2.3 and 2.4 read their change times."""
     assert rehearsed.endpoints.webhook_secret is not None
     monkeypatch.setenv(SECRET_ENV, rehearsed.endpoints.webhook_secret)
 
@@ -139,7 +141,8 @@ def run_roll(
             phase="stg-roll",
         )
 
-    yield run
+    with flags_restored(rehearsed.db):
+        yield run
     rehearsed.db.execute(REPAIR)
 
 
@@ -154,12 +157,10 @@ def test_rehearsed_staging_passes(rehearsed: Rehearsed, tmp_path: Path, run_roll
 
 
 def test_flag_off_fails_2_1(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll) -> None:
-    off = "UPDATE feature_flags SET enabled = {} WHERE key = 'ledger_shadow_write'"
-    rehearsed.db.execute(off.format("false"))
-    try:
-        run = run_roll(roll_config(tmp_path, rehearsed))
-    finally:
-        rehearsed.db.execute(off.format("true"))
+    rehearsed.db.execute(
+        "UPDATE feature_flags SET enabled = false WHERE key = 'ledger_shadow_write'"
+    )
+    run = run_roll(roll_config(tmp_path, rehearsed))
     assert outcomes(run)["2.1"] == "failed"
     assert "ledger_shadow_write: off globally" in run.output
     assert run.json()["verdict"] == "FAIL"
@@ -168,15 +169,11 @@ def test_flag_off_fails_2_1(rehearsed: Rehearsed, tmp_path: Path, run_roll: RunR
 def test_flags_out_of_order_fail_2_4(
     rehearsed: Rehearsed, tmp_path: Path, run_roll: RunRoll
 ) -> None:
-    move = (
-        "UPDATE feature_flags SET changed_at = changed_at {} interval '1 hour'"
+    rehearsed.db.execute(
+        "UPDATE feature_flags SET changed_at = changed_at + interval '1 hour'"
         " WHERE key = 'ledger_balance_mismatch_log' AND tenant_id IS NULL"
     )
-    rehearsed.db.execute(move.format("+"))
-    try:
-        run = run_roll(roll_config(tmp_path, rehearsed))
-    finally:
-        rehearsed.db.execute(move.format("-"))
+    run = run_roll(roll_config(tmp_path, rehearsed))
     assert outcomes(run)["2.4"] == "failed"
     assert "Flags were flipped out of runbook order" in run.output
     assert "before ledger_balance_mismatch_log" in run.output
