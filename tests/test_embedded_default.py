@@ -5,11 +5,15 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -17,8 +21,9 @@ import pytest
 from .support import REPO
 
 
-def postmasters() -> set[int]:
-    """Server processes of ephemeral clusters (data dirs under ledger-rollout-pg-*)."""
+def postmasters(scratch: Path) -> set[int]:
+    """Server processes of this test's own ephemeral clusters (their data dirs live under
+    ``scratch``): servers of other runs on the machine are none of its business."""
     pids = set()
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -27,16 +32,22 @@ def postmasters() -> set[int]:
             cmdline = (proc / "cmdline").read_bytes().split(b"\0")
         except OSError:
             continue
-        if (
-            cmdline
-            and cmdline[0].endswith(b"postgres")
-            and b"ledger-rollout-pg-" in b" ".join(cmdline)
-        ):
+        if cmdline and cmdline[0].endswith(b"postgres") and bytes(scratch) in b" ".join(cmdline):
             pids.add(int(proc.name))
     return pids
 
 
-def run_embedded(reports: Path, *extra: str) -> subprocess.Popen[str]:
+@pytest.fixture
+def scratch() -> Iterator[Path]:
+    """Where the run's throwaway cluster lives (its TMPDIR): readable by the unprivileged
+    user the server runs as."""
+    folder = Path(tempfile.mkdtemp(prefix="embedded-run-"))
+    folder.chmod(0o755)
+    yield folder
+    shutil.rmtree(folder, ignore_errors=True)
+
+
+def run_embedded(reports: Path, scratch: Path, *extra: str) -> subprocess.Popen[str]:
     return subprocess.Popen(
         [
             sys.executable,
@@ -49,6 +60,7 @@ def run_embedded(reports: Path, *extra: str) -> subprocess.Popen[str]:
             *extra,
         ],
         cwd=REPO,
+        env={**os.environ, "TMPDIR": str(scratch)},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -59,9 +71,8 @@ def strip_scripts(html: str) -> str:
     return re.sub(r"<script\b.*?</script>", "", html, flags=re.S)
 
 
-def test_embedded_default_passes_and_writes_the_signoff(tmp_path: Path) -> None:
-    before = postmasters()
-    process = run_embedded(tmp_path)
+def test_embedded_default_passes_and_writes_the_signoff(tmp_path: Path, scratch: Path) -> None:
+    process = run_embedded(tmp_path, scratch)
     output, _ = process.communicate(timeout=180)
     assert process.returncode == 0, output
     assert re.search(
@@ -98,37 +109,35 @@ def test_embedded_default_passes_and_writes_the_signoff(tmp_path: Path) -> None:
     assert "server version" in static and "operator" in static
     assert "VERDICT: stg-mig on local (ephemeral): PASS" in output
     assert output.rstrip().splitlines()[-1].startswith("ledger-rollout verdict: stg-mig on local")
-    assert postmasters() <= before
+    assert not postmasters(scratch)
 
 
-def test_ctrl_c_leaves_no_postmaster(tmp_path: Path) -> None:
-    before = postmasters()
-    process = run_embedded(tmp_path, "-o", "addopts=")
+def test_ctrl_c_leaves_no_postmaster(tmp_path: Path, scratch: Path) -> None:
+    process = run_embedded(tmp_path, scratch, "-o", "addopts=")
     deadline = time.monotonic() + 60
-    while not postmasters() - before:
+    while not postmasters(scratch):
         assert process.poll() is None, process.communicate()[0]
         assert time.monotonic() < deadline, "no ephemeral server started"
         time.sleep(0.05)
     process.send_signal(signal.SIGINT)
     output, _ = process.communicate(timeout=60)
     deadline = time.monotonic() + 10
-    while postmasters() - before and time.monotonic() < deadline:
+    while postmasters(scratch) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not postmasters() - before, output
+    assert not postmasters(scratch), output
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL])
-def test_killed_run_leaves_no_postmaster(tmp_path: Path, signum: int) -> None:
-    before = postmasters()
-    process = run_embedded(tmp_path)
+def test_killed_run_leaves_no_postmaster(tmp_path: Path, scratch: Path, signum: int) -> None:
+    process = run_embedded(tmp_path, scratch)
     deadline = time.monotonic() + 60
-    while not postmasters() - before:
+    while not postmasters(scratch):
         assert process.poll() is None
         assert time.monotonic() < deadline, "no ephemeral server started"
         time.sleep(0.05)
     process.send_signal(signum)
     process.communicate(timeout=60)
     deadline = time.monotonic() + 15
-    while postmasters() - before and time.monotonic() < deadline:
+    while postmasters(scratch) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert not postmasters() - before
+    assert not postmasters(scratch)
