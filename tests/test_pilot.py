@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
+from pytest_ledger_rollout.flags import FlagRelation, FlagTable
 from pytest_ledger_rollout.ledger import LedgerTables, check_no_mismatch
 from pytest_ledger_rollout.pilot import (
-    FlagTable,
     RiskCriteria,
     TenantTables,
     check_enforce_after_tenant_backfill,
@@ -30,7 +30,7 @@ from .support import ScenarioDb
 
 LEDGER = LedgerTables()
 TABLES = TenantTables(shown=5)
-FLAGS = FlagTable()
+FLAGS = FlagRelation(FlagTable().select(lambda name: f'"{name}"'))  # the default table keys
 CRITERIA = RiskCriteria(max_wallets=20, max_withdrawal_volume=Decimal("1000"), volume_days=30)
 SIGNATURE, ENFORCE = "webhook_signature_enforced", "ledger_enforce_balance"
 LOW_RISK = ["t-001", "t-002", "t-003", "t-004"]
@@ -287,7 +287,10 @@ def test_enforce_before_the_tenants_backfill_fails(ga_db: ScenarioDb) -> None:
 
 
 def test_enforce_order_without_change_times_is_shown_not_failed(ga_db: ScenarioDb) -> None:
-    untimed = FlagTable(changed_at=None)
+    untimed = FlagRelation(
+        "SELECT key, tenant_id AS tenant, enabled, NULL::timestamptz AS changed_at"
+        " FROM feature_flags -- a configured query: this table's change times are not kept"
+    )
     result = _check(
         ga_db, lambda c: check_enforce_after_tenant_backfill(c, LEDGER, untimed, TABLES, ENFORCE)
     )
