@@ -651,7 +651,7 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
                 for name, field_name in FLAG_TABLE_KEYS.items()
             },
         ),
-        query=table.sql("query"),
+        query=_embeddable(table.sql("query")),
         url=table.url("url", required=kind == HTTP),
         path=(base / path).resolve() if path else None,
     )
@@ -668,6 +668,11 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
         signature_flag=str(table.text("signature_flag", default=defaults.signature_flag)),
         enforce_flag=str(table.text("enforce_flag", default=defaults.enforce_flag)),
     )
+
+
+def _embeddable(query: str | None) -> str | None:
+    """The query without its terminator: PRD checks embed it in their own statement."""
+    return query.rstrip().rstrip(";") if query is not None else None
 
 
 def _tenants(root: _Table) -> TenantTables:

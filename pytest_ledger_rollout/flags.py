@@ -90,16 +90,25 @@ def read_flags(source: FlagSourceConfig, connection: Connection | None) -> list[
         if connection is None:
             raise FlagSourceError("the sql flag source needs the target's database")
         rows = connection.execute(text(source.rows_sql(_quote(connection)))).mappings().all()
-        return [_state(dict(row), f"row {index}") for index, row in enumerate(rows)]
-    if source.kind == HTTP:
+        states = [_state(dict(row), f"row {index}") for index, row in enumerate(rows)]
+    elif source.kind == HTTP:
         assert source.url is not None
-        return _from_json(_fetch(source.url), source.url)
-    assert source.path is not None
-    try:
-        document = json.loads(source.path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise FlagSourceError(f"cannot read flag file {source.path}: {exc}") from None
-    return _from_json(document, str(source.path))
+        states = _from_json(_fetch(source.url), source.url)
+    else:
+        assert source.path is not None
+        try:
+            document = json.loads(source.path.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as exc:
+            raise FlagSourceError(f"cannot read flag file {source.path}: {exc}") from None
+        states = _from_json(document, str(source.path))
+    # Two rows for one key and tenant would let the rule's two forms pick different ones.
+    seen: set[tuple[str | None, str]] = set()
+    for state in states:
+        if (state.tenant, state.key) in seen:
+            where = state.tenant or "the global value"
+            raise FlagSourceError(f"{state.key} is given twice for {where}")
+        seen.add((state.tenant, state.key))
+    return states
 
 
 def _fetch(url: str) -> Any:
@@ -176,18 +185,12 @@ def effective(
         for key in keys:
             own = rows.get((tenant, key)) if tenant is not None else None
             glob = rows.get((None, key))
-            row, source = (
-                (own, TENANT_ROW) if own else (glob, GLOBAL_ROW) if glob else (None, NO_ROW)
-            )
-            found.append(
-                Effective(
-                    tenant,
-                    key,
-                    row.enabled if row else False,
-                    row.changed_at if row else None,
-                    source,
-                )
-            )
+            if own is not None:
+                found.append(Effective(tenant, key, own.enabled, own.changed_at, TENANT_ROW))
+            elif glob is not None:
+                found.append(Effective(tenant, key, glob.enabled, glob.changed_at, GLOBAL_ROW))
+            else:
+                found.append(Effective(tenant, key, False, None, NO_ROW))
     return found
 
 

@@ -116,6 +116,13 @@ def test_file_source(tmp_path: Path) -> None:
         read_flags(FlagSourceConfig(FILE, path=path), None)
 
 
+def test_a_key_given_twice_for_one_tenant_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps([*FLAGS_JSON, {**FLAGS_JSON[0], "enabled": False}]))
+    with pytest.raises(FlagSourceError, match="ledger_shadow_write is given twice for the global"):
+        read_flags(FlagSourceConfig(FILE, path=path), None)
+
+
 def test_file_without_change_times_cannot_prove_order(tmp_path: Path) -> None:
     path = tmp_path / "flags.json"
     path.write_text(json.dumps([{**flag, "changed_at": None} for flag in FLAGS_JSON]))

@@ -150,6 +150,9 @@ def test_flag_and_tenant_tables_are_configured(tmp_path: Path) -> None:
         "changed_at",
     )
     assert (config.tenants.tenants, config.tenants.tenant_id) == ("clients", "client")
+    query = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM feature_flags"
+    path = write_config(tmp_path, database="ledger", extra=f'[flags]\nquery = "{query}; "\n')
+    assert load_config(path).flags.source.query == query  # PRD checks embed it
 
 
 def test_baseline_must_be_in_the_chain(tmp_path: Path) -> None:
