@@ -20,7 +20,7 @@ from pytest_ledger_rollout.flags import SQL, FlagSourceConfig, read_flags
 from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
 from pytest_ledger_rollout.phases import PHASES
 from pytest_ledger_rollout.postgres import EphemeralServer
-from pytest_ledger_rollout.rehearsal import rehearse_production
+from pytest_ledger_rollout.rehearsal import RehearsalFailed, rehearse_production
 from pytest_ledger_rollout.session import ServiceEndpoints
 from pytest_ledger_rollout.targets import read_identity
 
@@ -339,3 +339,20 @@ def test_ops02_flip_times_come_from_the_configured_store(
     )
     assert decision.failure is None, decision.failure
     assert decision.facts[DECISION_FACT] == "GO"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        '[flags]\nsource = "file"\npath = "flags.json"\n',
+        '[flags]\nquery = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM flags_view"\n',
+    ],
+)
+def test_the_production_rehearsal_refuses_a_store_it_cannot_backdate(
+    tmp_path: Path, flags: str
+) -> None:
+    config = load_config(base_config(tmp_path, database="unused", extra=PILOT + flags))
+    with ExitStack() as stack, pytest.raises(RehearsalFailed, match="no store it can backdate"):
+        rehearse_production(
+            config, PHASES["prd-pilot"], str(REFERENCE_BACKEND), "postgresql://unused", {}, stack
+        )
