@@ -20,12 +20,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .flags import FLAG_SOURCES, FLAGS_TABLE, HTTP, SQL, FlagSourceConfig
+from .flags import FILE, FLAG_SOURCES, HTTP, SQL, FlagSourceConfig, FlagTable
 from .ledger import LedgerTables
 from .metrics.decision import DEFAULT_POLICY, DecisionPolicy, Verdict
 from .metrics.webhook_watch import DEFAULT_THRESHOLDS, MAX_WINDOW_S, WebhookWatchThresholds
 from .phases import EPHEMERAL, TARGET_KINDS
-from .pilot import RiskCriteria
+from .pilot import RiskCriteria, TenantTables
 from .postgres import EphemeralSettings
 from .smoke import SmokeSettings
 
@@ -36,8 +36,15 @@ ROLLOUT_FLAGS = (
     "webhook_signature_enforced",
     "ledger_enforce_balance",
 )
-DEFAULT_FLAG_QUERY = f"SELECT key, tenant_id AS tenant, enabled, changed_at FROM {FLAGS_TABLE}"
-DEFAULT_FLAG_SOURCE = FlagSourceConfig(SQL, query=DEFAULT_FLAG_QUERY)
+DEFAULT_FLAG_SOURCE = FlagSourceConfig(SQL)
+# [flags] keys naming the sql source's table and columns -> FlagTable fields
+FLAG_TABLE_KEYS = {
+    "table": "table",
+    "key_column": "key",
+    "tenant_column": "tenant",
+    "enabled_column": "enabled",
+    "changed_at_column": "changed_at",
+}
 BIGINT_MAX = 2**63 - 1  # what a Postgres bigint parameter holds
 INT_MAX = 2**31 - 1  # Postgres' limit for statement_timeout and lock_timeout (ms)
 MAX_DAYS = 36_500  # a century of history; an interval of more overflows sooner or later
@@ -170,6 +177,7 @@ class RolloutConfig:
     session: SessionLimits = field(default_factory=SessionLimits)
     ledger: LedgerTables = field(default_factory=LedgerTables)
     flags: FlagsConfig = field(default_factory=lambda: FlagsConfig())
+    tenants: TenantTables = field(default_factory=TenantTables)
     backfill: BackfillConfig = field(default_factory=lambda: BackfillConfig())
     metrics: MetricsConfig = field(default_factory=lambda: MetricsConfig())
     smoke: SmokeSettings = field(default_factory=SmokeSettings)
@@ -343,6 +351,7 @@ def load_config(path: Path) -> RolloutConfig:
         "session",
         "ledger",
         "flags",
+        "tenants",
         "backfill",
         "metrics",
         "smoke",
@@ -366,6 +375,7 @@ def load_config(path: Path) -> RolloutConfig:
         session=_session(root),
         ledger=_ledger(root),
         flags=_flags(root, base),
+        tenants=_tenants(root),
         backfill=_backfill(root),
         metrics=_metrics(root),
         smoke=_smoke(root),
@@ -610,18 +620,42 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
     defaults = FlagsConfig()
     if table is None:
         return defaults
-    table.only("source", "query", "url", "path", "order", "signature_flag", "enforce_flag", "steps")
+    table.only(
+        "source",
+        *FLAG_TABLE_KEYS,
+        "query",
+        "url",
+        "path",
+        "order",
+        "signature_flag",
+        "enforce_flag",
+        "steps",
+    )
     kind = table.text("source", default=defaults.source.kind)
     if kind not in FLAG_SOURCES:
         raise table.error("source", f"must be one of {', '.join(FLAG_SOURCES)}")
+    named = [name for name in (*FLAG_TABLE_KEYS, "query") if name in table.data]
+    if kind != SQL and named:
+        raise table.error(named[0], "applies to source = 'sql' only")
+    if "query" in named and len(named) > 1:
+        # One definition of the rows: the table (which rehearsals can also write) or a query.
+        raise table.error(named[0], "give either query or the table keys, not both")
     path = table.text("path")
+    flag_table = FlagTable()
     source = FlagSourceConfig(
         kind=str(kind),
-        query=table.sql("query", default=DEFAULT_FLAG_QUERY if kind == SQL else None),
+        table=replace(
+            flag_table,
+            **{
+                field_name: str(table.text(name, default=getattr(flag_table, field_name)))
+                for name, field_name in FLAG_TABLE_KEYS.items()
+            },
+        ),
+        query=_embeddable(table.sql("query")),
         url=table.url("url", required=kind == HTTP),
         path=(base / path).resolve() if path else None,
     )
-    if kind == "file" and source.path is None:
+    if kind == FILE and source.path is None:
         raise table.error("path", "required for source = 'file'")
     steps_table = table.table("steps", required=False)
     steps = defaults.steps
@@ -633,6 +667,25 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
         steps=steps,
         signature_flag=str(table.text("signature_flag", default=defaults.signature_flag)),
         enforce_flag=str(table.text("enforce_flag", default=defaults.enforce_flag)),
+    )
+
+
+def _embeddable(query: str | None) -> str | None:
+    """The query without its terminator: PRD checks embed it in their own statement."""
+    return query.rstrip().rstrip(";") if query is not None else None
+
+
+def _tenants(root: _Table) -> TenantTables:
+    """[tenants]: the table every per-tenant check reads its tenant list from."""
+    table = root.table("tenants", required=False)
+    defaults = TenantTables()
+    if table is None:
+        return defaults
+    table.only("table", "id_column")
+    return replace(
+        defaults,
+        tenants=str(table.text("table", default=defaults.tenants)),
+        tenant_id=str(table.text("id_column", default=defaults.tenant_id)),
     )
 
 

@@ -3,14 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterator
-from contextlib import ExitStack
+from contextlib import ExitStack, contextmanager
 
 import pytest
 from sqlalchemy.engine import Connection
 
 from .chain import check_predecessor
 from .config import RolloutConfig
-from .flags import FlagSourceError, FlagState, read_flags
+from .flags import FlagRelation, FlagSourceError, FlagState, read_flags
 from .forensics.history import scratch_database
 from .forensics.snapshot import walk_settings
 from .migrations import AlembicProject
@@ -108,20 +108,34 @@ def migration_connection(rollout_target: TargetSession) -> Iterator[Connection]:
         yield connection
 
 
-@pytest.fixture
-def flag_states(rollout_config: RolloutConfig, db: Connection) -> list[FlagState]:
-    """The flags as the configured source reports them now; an unreadable source fails."""
+@contextmanager
+def _flag_source(config: RolloutConfig) -> Iterator[None]:
+    """An unreadable flag source fails the step, saying which source."""
     try:
-        return read_flags(rollout_config.flags.source, db)
+        yield
     except FlagSourceError as exc:
         raise DodFailure(
             Failure(
                 "The flag source could not be read",
-                expected=f"flag states from the {rollout_config.flags.source.kind} source",
+                expected=f"flag states from the {config.flags.source.kind} source",
                 seen=str(exc),
                 remedy="Check [flags] in the rollout config and that the source is reachable.",
             )
         ) from None
+
+
+@pytest.fixture
+def flag_states(rollout_config: RolloutConfig, db: Connection) -> list[FlagState]:
+    """The flags as the configured source reports them now; an unreadable source fails."""
+    with _flag_source(rollout_config):
+        return read_flags(rollout_config.flags.source, db)
+
+
+@pytest.fixture
+def flag_relation(rollout_config: RolloutConfig, db: Connection) -> FlagRelation:
+    """The configured flags as one SQL relation, for the set-based PRD checks."""
+    with _flag_source(rollout_config):
+        return FlagRelation.of(rollout_config.flags.source, db)
 
 
 @pytest.fixture

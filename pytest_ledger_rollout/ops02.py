@@ -8,7 +8,7 @@ from dataclasses import replace
 from datetime import UTC, datetime
 
 from .evidence import DECISION_FACT
-from .flags import FlagState
+from .flags import FlagState, effective
 from .metrics.decision import DecisionPolicy, RollbackPlan, decide, to_check_result
 from .metrics.prometheus import PrometheusClient
 from .results import CheckResult, Failure, failed
@@ -17,12 +17,12 @@ from .results import CheckResult, Failure, failed
 def tenant_flips(
     states: Sequence[FlagState], keys: Sequence[str], tenants: Sequence[str]
 ) -> dict[str, datetime]:
-    """When each tenant's own rows of ``keys`` last changed (the later flip wins)."""
+    """Each tenant's flip time (``flags.effective``: its own row's change time, else the global
+    row's) of ``keys``; the later flip wins, unknown times are left out."""
     flips: dict[str, datetime] = {}
-    for state in states:
-        tenant, changed = state.tenant, state.changed_at
-        if tenant is not None and tenant in tenants and state.key in keys and changed is not None:
-            flips[tenant] = max(changed, flips.get(tenant, changed))
+    for state in effective(states, tenants, keys):
+        if state.tenant is not None and state.changed_at is not None:
+            flips[state.tenant] = max(state.changed_at, flips.get(state.tenant, state.changed_at))
     return flips
 
 

@@ -3,14 +3,14 @@
 Every check is one set-based SELECT over all tenants, whatever their number (1,000 tenants stay
 one statement; the GA backfill check is two: the enforced tenants, then ``ledger``'s mismatch
 statement over them). Python only sees per-key or per-check figures and bounded lists.
-A flag's effective state for a tenant is the tenant's own row, else the global row (tenant
-NULL), else off: the rule the reference service applies on every request.
+Flags come from the configured source as one relation (``flags.FlagRelation``) and are judged
+by the one effective-state rule (``flags.effective_cte``).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from decimal import Decimal
 from typing import Any
@@ -18,17 +18,17 @@ from typing import Any
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from .flags import FlagRelation, Quote, effective_cte
 from .ledger import LedgerTables, check_no_mismatch
 from .results import CheckResult, Evidence, Failure, failed, passed
 
 MAX_PILOTS = 3  # the runbook's 1 to 3 pilot tenants
 
-Quote = Callable[[str], str]
-
 
 @dataclass(frozen=True)
 class TenantTables:
-    """The tables ``LedgerTables`` does not name (the reference backend's names)."""
+    """The tables ``LedgerTables`` does not name (the reference backend's names); the tenants
+    table and its id column come from ``[tenants]``."""
 
     tenants: str = "tenants"
     tenant_id: str = "id"
@@ -44,17 +44,6 @@ class TenantTables:
     # Rows the service writes as bookkeeping (applied deposits, resolved=true): never findings.
     bookkeeping_findings: tuple[str, ...] = ("webhook_deposit_applied",)
     shown: int = 10  # how many offending tenants a failure lists
-
-
-@dataclass(frozen=True)
-class FlagTable:
-    """Where flags live: one row per key and tenant, tenant NULL for the global value."""
-
-    table: str = "feature_flags"
-    key: str = "key"
-    tenant: str = "tenant_id"
-    enabled: str = "enabled"
-    changed_at: str | None = "changed_at"  # None: the table keeps no change times
 
 
 @dataclass(frozen=True)
@@ -291,25 +280,10 @@ def check_pilot_tenants(
 # Effective flag states, shared by 3.2 and GA
 
 
-def _effective_cte(flags: FlagTable, tables: TenantTables, q: Quote) -> str:
-    """effective(tenant, key, enabled, changed_at, source) for every tenant and each of :keys."""
-    ft, key, ften, on = q(flags.table), q(flags.key), q(flags.tenant), q(flags.enabled)
-    t, tid = q(tables.tenants), q(tables.tenant_id)
-
-    def changed(alias: str) -> str:
-        return f"{alias}.{q(flags.changed_at)}" if flags.changed_at else "NULL::timestamptz"
-
-    return f"""effective AS (
-        SELECT t.{tid}::text AS tenant, k.key,
-               coalesce(own.{on}, glob.{on}, false) AS enabled,
-               CASE WHEN own.{on} IS NOT NULL THEN {changed("own")} ELSE {changed("glob")} END
-                   AS changed_at,
-               CASE WHEN own.{on} IS NOT NULL THEN 'tenant row'
-                    WHEN glob.{on} IS NOT NULL THEN 'global row' ELSE 'no row' END AS source
-        FROM {t} t CROSS JOIN unnest(CAST(:keys AS text[])) AS k(key)
-        LEFT JOIN {ft} glob ON glob.{key} = k.key AND glob.{ften} IS NULL
-        LEFT JOIN {ft} own ON own.{key} = k.key AND own.{ften} = t.{tid}
-    )"""
+def _flag_ctes(flags: FlagRelation, tables: TenantTables, q: Quote) -> str:
+    """flag_rows and effective, for every tenant and each of :keys."""
+    tenant_ids = f"SELECT {q(tables.tenant_id)}::text AS tenant FROM {q(tables.tenants)}"
+    return f"{flags.cte()},\n{effective_cte(tenant_ids)}"
 
 
 # Offenders are named with where their state comes from: a global row on is the usual leak.
@@ -337,7 +311,7 @@ class FlagScope:
 
 def _flag_scope(
     connection: Connection,
-    flags: FlagTable,
+    flags: FlagRelation,
     tables: TenantTables,
     keys: Sequence[str],
     listed: Sequence[str],
@@ -346,7 +320,7 @@ def _flag_scope(
     q, n = _quote(connection), tables.shown
     in_list = "l.tenant IS NOT NULL"
     sql = f"""
-        WITH {_effective_cte(flags, tables, q)},
+        WITH {_flag_ctes(flags, tables, q)},
         listed AS (SELECT DISTINCT unnest(CAST(:listed AS text[])) AS tenant)
         SELECT k.key, count(e.tenant) AS tenants,
                {_listed_sql("missing", f"{in_list} AND NOT e.enabled", _SOURCED, n)},
@@ -357,7 +331,7 @@ def _flag_scope(
         LEFT JOIN (effective e LEFT JOIN listed l ON l.tenant = e.tenant) ON e.key = k.key
         GROUP BY k.key ORDER BY array_position(CAST(:keys AS text[]), k.key)
     """
-    shown, rows = _run(connection, sql, keys=list(keys), listed=list(listed))
+    shown, rows = _run(connection, sql, keys=list(keys), listed=list(listed), **flags.params())
     scopes = [
         FlagScope(
             row["key"],
@@ -391,7 +365,7 @@ def _scope_evidence(sql: str, scopes: Sequence[FlagScope]) -> tuple[Evidence, ..
 
 def check_pilot_flags(
     connection: Connection,
-    flags: FlagTable,
+    flags: FlagRelation,
     tables: TenantTables,
     keys: Sequence[str],
     pilots: Sequence[str],
@@ -431,7 +405,7 @@ def check_pilot_flags(
 
 def check_waves(
     connection: Connection,
-    flags: FlagTable,
+    flags: FlagRelation,
     tables: TenantTables,
     enforce: str,
     waves: Sequence[Sequence[str]],
@@ -467,20 +441,20 @@ def check_waves(
 
 
 def _enforced(
-    connection: Connection, flags: FlagTable, tables: TenantTables, enforce: str
+    connection: Connection, flags: FlagRelation, tables: TenantTables, enforce: str
 ) -> tuple[str, list[str]]:
     sql = f"""
-        WITH {_effective_cte(flags, tables, _quote(connection))}
+        WITH {_flag_ctes(flags, tables, _quote(connection))}
         SELECT tenant FROM effective WHERE enabled ORDER BY tenant
     """
-    shown, rows = _run(connection, sql, keys=[enforce])
+    shown, rows = _run(connection, sql, keys=[enforce], **flags.params())
     return shown, [row["tenant"] for row in rows]
 
 
 def check_enforced_backfill(
     connection: Connection,
     ledger: LedgerTables,
-    flags: FlagTable,
+    flags: FlagRelation,
     tables: TenantTables,
     enforce: str,
 ) -> CheckResult:
@@ -521,7 +495,7 @@ def check_enforced_backfill(
 
 def check_enforce_with_signature(
     connection: Connection,
-    flags: FlagTable,
+    flags: FlagRelation,
     tables: TenantTables,
     enforce: str,
     signature: str,
@@ -529,7 +503,7 @@ def check_enforce_with_signature(
     """No tenant has ``enforce`` on while ``signature`` enforcement is off for it."""
     unsigned_sql = "e.enforce_on AND NOT e.signature_on"
     sql = f"""
-        WITH {_effective_cte(flags, tables, _quote(connection))},
+        WITH {_flag_ctes(flags, tables, _quote(connection))},
         paired AS (
             SELECT tenant,
                    bool_or(enabled) FILTER (WHERE key = :enforce) AS enforce_on,
@@ -541,7 +515,12 @@ def check_enforce_with_signature(
         FROM paired e
     """
     shown, rows = _run(
-        connection, sql, keys=[enforce, signature], enforce=enforce, signature=signature
+        connection,
+        sql,
+        keys=[enforce, signature],
+        enforce=enforce,
+        signature=signature,
+        **flags.params(),
     )
     unsigned, enforced = _listed(rows[0], "unsigned"), rows[0]["enforced"]
     evidence = Evidence("enforce vs signature query (one statement)", shown)
@@ -568,7 +547,7 @@ def _utc(column: str) -> str:
 def check_enforce_after_tenant_backfill(
     connection: Connection,
     ledger: LedgerTables,
-    flags: FlagTable,
+    flags: FlagRelation,
     tables: TenantTables,
     enforce: str,
 ) -> CheckResult:
@@ -585,7 +564,7 @@ def check_enforce_after_tenant_backfill(
         f"until ' || {_utc('b.last_write')}"
     )
     sql = f"""
-        WITH {_effective_cte(flags, tables, q)},
+        WITH {_flag_ctes(flags, tables, q)},
         backfill AS (
             SELECT {eten}::text AS tenant, max({q(ledger.entry_created_at)}) AS last_write
             FROM {entries} WHERE {q(ledger.entry_type)} = ANY(:types) GROUP BY {eten}
@@ -596,7 +575,13 @@ def check_enforce_after_tenant_backfill(
                {_listed_sql("early", early, label, tables.shown)}
         FROM effective e LEFT JOIN backfill b ON b.tenant = e.tenant
     """
-    shown, rows = _run(connection, sql, keys=[enforce], types=list(ledger.backfill_entry_types))
+    shown, rows = _run(
+        connection,
+        sql,
+        keys=[enforce],
+        types=list(ledger.backfill_entry_types),
+        **flags.params(),
+    )
     row = rows[0]
     early_tenants, untimed = _listed(row, "early"), _listed(row, "untimed")
     notes = (
@@ -630,7 +615,7 @@ def check_enforce_after_tenant_backfill(
 
 def check_rollback_plan(
     connection: Connection,
-    flags: FlagTable,
+    flags: FlagRelation,
     tables: TenantTables,
     plan: Mapping[str, Sequence[str]],
 ) -> CheckResult:
@@ -638,22 +623,28 @@ def check_rollback_plan(
     own row, so reverting one tenant is one row's update and never touches the others."""
     steps = [(tenant, key) for tenant, keys in plan.items() for key in keys]
     q = _quote(connection)
-    t, tid, ft = q(tables.tenants), q(tables.tenant_id), q(flags.table)
+    t, tid = q(tables.tenants), q(tables.tenant_id)
     label = (
         "e.tenant || ': ' || e.key "
         "|| CASE WHEN t.tenant IS NULL THEN ' (no such tenant)' ELSE '' END"
     )
     sql = f"""
+        WITH {flags.cte()}
         SELECT count(*) AS steps,
                {_listed_sql("missing", "f.present IS NULL", label, tables.shown, "e.tenant, e.key")}
         FROM unnest(CAST(:tenants AS text[]), CAST(:keys AS text[])) AS e(tenant, key)
         LEFT JOIN (SELECT {tid}::text AS tenant FROM {t}) t ON t.tenant = e.tenant
-        LEFT JOIN (SELECT DISTINCT {q(flags.tenant)}::text AS tenant, {q(flags.key)} AS key,
-                          true AS present
-                   FROM {ft} WHERE {q(flags.tenant)} IS NOT NULL) f
+        LEFT JOIN (SELECT DISTINCT tenant, key, true AS present
+                   FROM flag_rows WHERE tenant IS NOT NULL) f
                ON f.tenant = e.tenant AND f.key = e.key
     """
-    shown, rows = _run(connection, sql, tenants=[s[0] for s in steps], keys=[s[1] for s in steps])
+    shown, rows = _run(
+        connection,
+        sql,
+        tenants=[s[0] for s in steps],
+        keys=[s[1] for s in steps],
+        **flags.params(),
+    )
     missing = _listed(rows[0], "missing")
     evidence = (
         Evidence("rollback plan rows query (one statement)", shown),
@@ -688,19 +679,19 @@ def check_rollback_plan(
 
 def check_general_use(
     connection: Connection,
-    flags: FlagTable,
+    flags: FlagRelation,
     tables: TenantTables,
     enforce: str,
     min_share: float = 1.0,
 ) -> CheckResult:
     """Final DoD: ``enforce`` on for all tenants, or at least ``min_share`` of them."""
     sql = f"""
-        WITH {_effective_cte(flags, tables, _quote(connection))}
+        WITH {_flag_ctes(flags, tables, _quote(connection))}
         SELECT count(*) AS tenants, count(*) FILTER (WHERE e.enabled) AS enabled,
                {_listed_sql("off", "NOT e.enabled", "e.tenant", tables.shown)}
         FROM effective e
     """
-    shown, rows = _run(connection, sql, keys=[enforce])
+    shown, rows = _run(connection, sql, keys=[enforce], **flags.params())
     tenants, enabled, off = rows[0]["tenants"], rows[0]["enabled"], _listed(rows[0], "off")
     required = math.ceil(min_share * tenants - 1e-9)  # float noise must not demand one more
     evidence = Evidence("general use query (one statement)", shown)

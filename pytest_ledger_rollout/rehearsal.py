@@ -26,6 +26,7 @@ import requests
 from sqlalchemy import Engine, create_engine, text
 
 from .config import RolloutConfig
+from .flags import SQL
 from .metrics.server import Series, start_prometheus
 from .phases import Phase
 from .processes import die_with_parent, free_port, interpreter_path, stop_process
@@ -262,6 +263,13 @@ def rehearse_production(
     tenant as the operator of Phase 3 (and 4) would, and a Prometheus holding a matching
     history. The suite then reads it all through production's read-only session."""
     pilot, ga = config.pilot, config.ga
+    source = config.flags.source
+    if source.kind != SQL or source.query is not None:
+        # Flips are backdated hours before the evaluation: only a table can hold that history.
+        raise RehearsalFailed(
+            "the production rehearsal writes the flags into the [flags] table (table, "
+            "key_column, ...); a flag service, a file or a query is no store it can backdate"
+        )
     waves = ga.waves if phase.name == "prd-ga" else (pilot.tenants,)
     tenants = sorted({*pilot.tenants, *pilot.control_tenants, *(t for w in ga.waves for t in w)})
     if not tenants or not all(_TENANT.match(tenant) for tenant in tenants):
@@ -308,24 +316,23 @@ def _set_production_state(
                 {"at": first - timedelta(hours=1), "types": list(ledger.backfill_entry_types)},
             )
             rows = [
-                {"key": key, "tenant": None, "enabled": on, "at": first - timedelta(hours=2)}
+                {
+                    "key": key,
+                    "tenant": None,
+                    "enabled": on,
+                    "changed_at": first - timedelta(hours=2),
+                }
                 for key, on in (
                     *((key, True) for key in flags.steps.get("2.1", ())),
                     (flags.signature_flag, False),
                     (flags.enforce_flag, False),
                 )
             ] + [
-                {"key": key, "tenant": tenant, "enabled": True, "at": when}
+                {"key": key, "tenant": tenant, "enabled": True, "changed_at": when}
                 for tenant, when in flips.items()
                 for key in (flags.signature_flag, flags.enforce_flag)
             ]
-            connection.execute(
-                text(
-                    "INSERT INTO feature_flags (key, tenant_id, enabled, changed_at, changed_by)"
-                    " VALUES (:key, :tenant, :enabled, :at, 'ledger-rollout rehearsal')"
-                ),
-                rows,
-            )
+            connection.execute(text(flags.source.table.insert(quote)), rows)
     finally:
         engine.dispose()
 

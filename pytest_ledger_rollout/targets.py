@@ -14,7 +14,7 @@ from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError
 
 from .config import RolloutConfig, SessionLimits, TargetConfig, url_port_problem
-from .flags import FLAGS_TABLE
+from .flags import SQL
 from .masking import Scrubber, mask_url
 from .phases import EPHEMERAL, PRODUCTION, Phase
 from .results import CheckResult, Evidence, Failure, failed, passed
@@ -354,8 +354,11 @@ WRITE_PRIVILEGES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
 
 
 def write_guarded_tables(config: RolloutConfig) -> tuple[str, ...]:
-    """The tables a production role must not be able to write: the ledger's and the flags'."""
-    return (config.ledger.wallets, config.ledger.entries, FLAGS_TABLE)
+    """The tables a production role must not be able to write: the ledger's, and the flags'
+    where they live in the database."""
+    source = config.flags.source
+    flags = (source.table.table,) if source.kind == SQL else ()
+    return (config.ledger.wallets, config.ledger.entries, *flags)
 
 
 def check_role_privileges(connection: Connection, tables: Sequence[str]) -> CheckResult:

@@ -2,19 +2,29 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 from pathlib import Path
 
 import pytest
+from sqlalchemy import text
 
 from pytest_ledger_rollout.flags import (
     FILE,
+    GLOBAL_ROW,
     HTTP,
+    NO_ROW,
     SQL,
+    TENANT_ROW,
+    Effective,
+    FlagRelation,
     FlagSourceConfig,
     FlagSourceError,
+    FlagState,
     check_flip_order,
     check_on_everywhere,
+    effective,
+    effective_cte,
     read_flags,
 )
 
@@ -27,7 +37,6 @@ ORDER = (
     "webhook_signature_enforced",
     "ledger_enforce_balance",
 )
-QUERY = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM feature_flags"
 
 
 @pytest.fixture
@@ -44,7 +53,7 @@ def flags_db(scenario_db: ScenarioDb) -> ScenarioDb:
     return scenario_db
 
 
-SQL_FLAGS = FlagSourceConfig(SQL, query=QUERY)
+SQL_FLAGS = FlagSourceConfig(SQL)  # the reference table, by the default table keys
 
 
 def test_sql_source_all_on_in_order_passes(flags_db: ScenarioDb) -> None:
@@ -107,6 +116,13 @@ def test_file_source(tmp_path: Path) -> None:
         read_flags(FlagSourceConfig(FILE, path=path), None)
 
 
+def test_a_key_given_twice_for_one_tenant_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "flags.json"
+    path.write_text(json.dumps([*FLAGS_JSON, {**FLAGS_JSON[0], "enabled": False}]))
+    with pytest.raises(FlagSourceError, match="ledger_shadow_write is given twice for the global"):
+        read_flags(FlagSourceConfig(FILE, path=path), None)
+
+
 def test_file_without_change_times_cannot_prove_order(tmp_path: Path) -> None:
     path = tmp_path / "flags.json"
     path.write_text(json.dumps([{**flag, "changed_at": None} for flag in FLAGS_JSON]))
@@ -130,3 +146,61 @@ def test_http_source() -> None:
 def test_http_source_unreachable() -> None:
     with pytest.raises(FlagSourceError, match="unreachable"):
         read_flags(FlagSourceConfig(HTTP, url="http://127.0.0.1:9/admin/flags"), None)
+
+
+T0 = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC)
+HOUR = dt.timedelta(hours=1)
+# One row set for both forms of the rule: an override on over a global off (tenant row newer),
+# an override off over a global on (tenant row older), a global row only, a tenant row only,
+# and a flag with no row at all; t-004 has no rows of its own.
+SHARED_ROWS = [
+    FlagState("override_on", None, False, T0),
+    FlagState("override_on", "t-001", True, T0 + HOUR),
+    FlagState("override_off", None, True, T0 + 2 * HOUR),
+    FlagState("override_off", "t-002", False, T0 - HOUR),
+    FlagState("global_only", None, True, T0 + 3 * HOUR),
+    FlagState("tenant_only", "t-003", True, T0 + 4 * HOUR),
+]
+SHARED_KEYS = ["override_on", "override_off", "global_only", "tenant_only", "missing"]
+
+
+def _effective_in_sql(db: ScenarioDb, relation: FlagRelation) -> set[Effective]:
+    sql = f"WITH {relation.cte()}, {effective_cte('SELECT id AS tenant FROM tenants')} " + (
+        "SELECT tenant, key, enabled, changed_at, source FROM effective"
+    )
+    with db.engine.connect() as connection:
+        rows = connection.execute(text(sql), {"keys": SHARED_KEYS, **relation.params()}).all()
+    return {Effective(*row) for row in rows}
+
+
+def test_sql_and_python_forms_of_the_rule_agree(scenario_db: ScenarioDb) -> None:
+    scenario_db.upgrade("head")
+    scenario_db.execute(
+        "INSERT INTO tenants (id, name)"
+        " SELECT format('t-00%s', i), 't' FROM generate_series(1, 4) i"
+    )
+    with scenario_db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO feature_flags (key, tenant_id, enabled, changed_at)"
+                " VALUES (:key, :tenant, :enabled, :changed_at)"
+            ),
+            [vars(state) for state in SHARED_ROWS],
+        )
+        assert set(read_flags(SQL_FLAGS, connection)) == set(SHARED_ROWS)
+        table = FlagRelation.of(SQL_FLAGS, connection)
+    tenants = ["t-001", "t-002", "t-003", "t-004"]
+    in_python = set(effective(SHARED_ROWS, tenants, SHARED_KEYS))
+    # The SQL form over the table, and over the same rows bound as parameters (http, file).
+    assert _effective_in_sql(scenario_db, table) == in_python
+    assert _effective_in_sql(scenario_db, FlagRelation(states=tuple(SHARED_ROWS))) == in_python
+    decided = {(e.tenant, e.key): (e.enabled, e.changed_at, e.source) for e in in_python}
+    assert decided["t-001", "override_on"] == (True, T0 + HOUR, TENANT_ROW)
+    assert decided["t-004", "override_on"] == (False, T0, GLOBAL_ROW)
+    # A tenant row older than the global row still decides, with its own flip time.
+    assert decided["t-002", "override_off"] == (False, T0 - HOUR, TENANT_ROW)
+    assert decided["t-003", "override_off"] == (True, T0 + 2 * HOUR, GLOBAL_ROW)
+    assert decided["t-001", "global_only"] == (True, T0 + 3 * HOUR, GLOBAL_ROW)
+    assert decided["t-003", "tenant_only"] == (True, T0 + 4 * HOUR, TENANT_ROW)
+    assert decided["t-001", "tenant_only"] == (False, None, NO_ROW)
+    assert decided["t-002", "missing"] == (False, None, NO_ROW)

@@ -9,9 +9,9 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
+from pytest_ledger_rollout.flags import SQL, FlagRelation, FlagSourceConfig, FlagTable, read_flags
 from pytest_ledger_rollout.ledger import LedgerTables, check_no_mismatch
 from pytest_ledger_rollout.pilot import (
-    FlagTable,
     RiskCriteria,
     TenantTables,
     check_enforce_after_tenant_backfill,
@@ -30,7 +30,7 @@ from .support import ScenarioDb
 
 LEDGER = LedgerTables()
 TABLES = TenantTables(shown=5)
-FLAGS = FlagTable()
+FLAGS = FlagRelation(FlagTable().select(lambda name: f'"{name}"'))  # the default table keys
 CRITERIA = RiskCriteria(max_wallets=20, max_withdrawal_volume=Decimal("1000"), volume_days=30)
 SIGNATURE, ENFORCE = "webhook_signature_enforced", "ledger_enforce_balance"
 LOW_RISK = ["t-001", "t-002", "t-003", "t-004"]
@@ -287,7 +287,10 @@ def test_enforce_before_the_tenants_backfill_fails(ga_db: ScenarioDb) -> None:
 
 
 def test_enforce_order_without_change_times_is_shown_not_failed(ga_db: ScenarioDb) -> None:
-    untimed = FlagTable(changed_at=None)
+    untimed = FlagRelation(
+        "SELECT key, tenant_id AS tenant, enabled, NULL::timestamptz AS changed_at"
+        " FROM feature_flags -- a configured query: this table's change times are not kept"
+    )
     result = _check(
         ga_db, lambda c: check_enforce_after_tenant_backfill(c, LEDGER, untimed, TABLES, ENFORCE)
     )
@@ -342,8 +345,9 @@ def statements(tenants_db: ScenarioDb) -> Iterator[list[str]]:
     event.remove(tenants_db.engine, "before_cursor_execute", record)
 
 
+@pytest.mark.parametrize("source", ["table", "rows from http or file"])
 def test_a_thousand_tenants_stay_one_statement_per_check(
-    tenants_db: ScenarioDb, statements: list[str]
+    tenants_db: ScenarioDb, statements: list[str], source: str
 ) -> None:
     tenants_db.execute(
         "INSERT INTO tenants (id, name) SELECT format('s-%s', i), 'scale'"
@@ -354,15 +358,19 @@ def test_a_thousand_tenants_stay_one_statement_per_check(
         " FROM tenants",
     )
     waves = [[f"t-00{i}" for i in range(1, 9)], [f"s-{i}" for i in range(1, 993)]]
+    flags = FLAGS
+    if source != "table":  # the rows a flag service reported, bound into each statement
+        with tenants_db.engine.connect() as connection:
+            flags = FlagRelation(states=tuple(read_flags(FlagSourceConfig(SQL), connection)))
     checks: dict[str, Callable[[Connection], object]] = {
         "pilot tenants": lambda c: check_pilot_tenants(c, LEDGER, TABLES, CRITERIA, PILOT),
         "candidates": lambda c: rank_candidates(c, LEDGER, TABLES, CRITERIA),
-        "pilot flags": lambda c: check_pilot_flags(c, FLAGS, TABLES, KEYS, PILOT),
-        "waves": lambda c: check_waves(c, FLAGS, TABLES, ENFORCE, waves),
-        "signature": lambda c: check_enforce_with_signature(c, FLAGS, TABLES, ENFORCE, SIGNATURE),
-        "order": lambda c: check_enforce_after_tenant_backfill(c, LEDGER, FLAGS, TABLES, ENFORCE),
-        "plan": lambda c: check_rollback_plan(c, FLAGS, TABLES, {t: [ENFORCE] for t in waves[1]}),
-        "general use": lambda c: check_general_use(c, FLAGS, TABLES, ENFORCE),
+        "pilot flags": lambda c: check_pilot_flags(c, flags, TABLES, KEYS, PILOT),
+        "waves": lambda c: check_waves(c, flags, TABLES, ENFORCE, waves),
+        "signature": lambda c: check_enforce_with_signature(c, flags, TABLES, ENFORCE, SIGNATURE),
+        "order": lambda c: check_enforce_after_tenant_backfill(c, LEDGER, flags, TABLES, ENFORCE),
+        "plan": lambda c: check_rollback_plan(c, flags, TABLES, {t: [ENFORCE] for t in waves[1]}),
+        "general use": lambda c: check_general_use(c, flags, TABLES, ENFORCE),
     }
     with tenants_db.engine.connect() as connection:
         for name, run in checks.items():
@@ -370,7 +378,7 @@ def test_a_thousand_tenants_stay_one_statement_per_check(
             run(connection)
             assert len(statements) == 1, name
         statements.clear()
-        result = check_enforced_backfill(connection, LEDGER, FLAGS, TABLES, ENFORCE)
+        result = check_enforced_backfill(connection, LEDGER, flags, TABLES, ENFORCE)
     assert len(statements) == 2  # the enforced tenants, then their mismatches
     assert result.summary.startswith(f"1000 tenants with {ENFORCE} on")
     assert all(s.lstrip().upper().startswith(("SELECT", "WITH")) for s in statements)

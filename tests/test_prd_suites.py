@@ -4,22 +4,27 @@ history are set up by the production rehearsal, then the suites read them as pro
 
 from __future__ import annotations
 
+import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 
 from pytest_ledger_rollout.config import load_config
+from pytest_ledger_rollout.evidence import DECISION_FACT
+from pytest_ledger_rollout.flags import SQL, FlagSourceConfig, read_flags
+from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
 from pytest_ledger_rollout.phases import PHASES
 from pytest_ledger_rollout.postgres import EphemeralServer
-from pytest_ledger_rollout.rehearsal import rehearse_production
+from pytest_ledger_rollout.rehearsal import RehearsalFailed, rehearse_production
 from pytest_ledger_rollout.session import ServiceEndpoints
 from pytest_ledger_rollout.targets import read_identity
 
+from .loopback_http import LoopbackHTTP, Reply
 from .support import (
     REFERENCE_BACKEND,
     PhaseRun,
@@ -196,3 +201,158 @@ def test_ga_with_undeclared_enforcement_fails_4_1(
     assert found["4.2"] == "failed"
     assert "The rollback plan cannot be applied tenant by tenant" in run.output
     assert found["4.3"] == "failed"  # not in general use
+
+
+# --- the team's own flag store: an HTTP endpoint, a file, a table with other names -----------
+
+PILOT_STATE_GA = '[ga]\nwaves = [["t-001"]]\nmin_share = 0.3\n'  # 1 of the 3 tenants enforced
+LEAK = {"key": "ledger_enforce_balance", "tenant": "t-003", "enabled": True}
+
+
+@dataclass
+class FlagStore:
+    """The production flags, copied into another store; ``leak`` turns enforcement on for t-003
+    there (and only there: the reference table keeps the pilot state)."""
+
+    config: str
+    leak: Callable[[], object]
+
+
+def _reference_rows(production: Production) -> list[dict[str, object]]:
+    with production.db.engine.connect() as connection:
+        rows = connection.execute(
+            text("SELECT key, tenant_id AS tenant, enabled, changed_at FROM feature_flags")
+        ).mappings()
+        return [{**row, "changed_at": row["changed_at"].isoformat()} for row in rows]
+
+
+@pytest.fixture(params=["http", "file", "renamed table"])
+def flag_store(
+    request: pytest.FixtureRequest, production: Production, tmp_path: Path
+) -> Iterator[FlagStore]:
+    rows = _reference_rows(production)
+    if request.param == "http":
+        # GET /admin/flags as the reference service answers it: a JSON list of the rows.
+        with LoopbackHTTP(
+            lambda: Reply(json.dumps(rows), content_type="application/json")
+        ) as service:
+            config = f'[flags]\nsource = "http"\nurl = "{service.url}/admin/flags"\n'
+            yield FlagStore(config, lambda: rows.append(LEAK))
+    elif request.param == "file":
+        path = tmp_path / "flags.json"
+        path.write_text(json.dumps({"flags": rows}))
+        yield FlagStore(
+            f'[flags]\nsource = "file"\npath = "{path}"\n',
+            lambda: path.write_text(json.dumps({"flags": [*rows, LEAK]})),
+        )
+    else:
+        # Other names for every table and column the flag checks read ("on" needs quoting).
+        production.db.execute(
+            "CREATE TABLE rollout_flags AS SELECT key AS flag, tenant_id AS scope,"
+            ' enabled AS "on", changed_at AS at FROM feature_flags',
+            "CREATE TABLE clients AS SELECT id AS client FROM tenants",
+        )
+        config = (
+            '[flags]\ntable = "rollout_flags"\nkey_column = "flag"\ntenant_column = "scope"\n'
+            'enabled_column = "on"\nchanged_at_column = "at"\n'
+            '[tenants]\ntable = "clients"\nid_column = "client"\n'
+        )
+        leak = (
+            'INSERT INTO rollout_flags (flag, scope, "on", at)'
+            " VALUES ('ledger_enforce_balance', 't-003', true, now())"
+        )
+        try:
+            yield FlagStore(config, lambda: production.db.execute(leak))
+        finally:
+            production.db.execute("DROP TABLE rollout_flags", "DROP TABLE clients")
+
+
+def _run_in(
+    folder: Path, production: Production, extra: str, run_phase: RunPhase, phase: str
+) -> PhaseRun:
+    folder.mkdir()
+    return run_prd(run_phase, prod_config(folder, production, extra), production, phase)
+
+
+GENERAL_USE = "test_enforcement_in_general_use"
+
+
+def _check_outcome(run: PhaseRun, step_id: str, name: str) -> str:
+    checks = {check["check"]: check["outcome"] for check in run.step(step_id)["checks"]}
+    return str(checks[name])
+
+
+def test_pilot_blast_radius_is_decided_from_the_configured_store(
+    production: Production, flag_store: FlagStore, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    before = flag_rows(production)
+    extra = PILOT + GA + flag_store.config
+    run = _run_in(tmp_path / "pilot", production, extra, run_phase, "prd-pilot")
+    assert outcomes(run)["3.2"] == "passed", run.output
+    flag_store.leak()
+    run = _run_in(tmp_path / "leak", production, extra, run_phase, "prd-pilot")
+    assert outcomes(run)["3.2"] == "failed"
+    assert "on for 1 tenants outside the pilot: t-003 (tenant row)" in run.output
+    assert flag_rows(production) == before  # the reference table decided nothing
+
+
+def test_ga_waves_are_decided_from_the_configured_store(
+    production: Production, flag_store: FlagStore, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    extra = PILOT + PILOT_STATE_GA + flag_store.config
+    run = _run_in(tmp_path / "waves", production, extra, run_phase, "prd-ga")
+    found = outcomes(run)
+    assert found["4.1"] == found["4.2"] == "passed", run.output
+    # 4.3's signals are evaluated now, where the history has no data; its general use passes.
+    assert _check_outcome(run, "4.3", GENERAL_USE) == "passed"
+    # Declared waves the flags do not show: no tenant rows to revert, not in general use.
+    extra = PILOT + GA + flag_store.config
+    run = _run_in(tmp_path / "declared", production, extra, run_phase, "prd-ga")
+    found = outcomes(run)
+    assert found["4.1"] == found["4.2"] == "failed"
+    assert _check_outcome(run, "4.3", GENERAL_USE) == "failed"
+    flag_store.leak()  # t-003 enforced, in no declared wave
+    extra = PILOT + PILOT_STATE_GA + flag_store.config
+    run = _run_in(tmp_path / "leak", production, extra, run_phase, "prd-ga")
+    assert outcomes(run)["4.1"] == "failed"
+    assert "on for 1 tenants in no declared wave: t-003 (tenant row)" in run.output
+
+
+def test_ops02_flip_times_come_from_the_configured_store(
+    production: Production, flag_store: FlagStore, tmp_path: Path
+) -> None:
+    config = load_config(prod_config(tmp_path, production, PILOT + GA + flag_store.config))
+    flags, tenants = config.flags, ["t-001", "t-002", "t-003"]
+    keys = (flags.signature_flag, flags.enforce_flag)
+    with production.db.engine.connect() as connection:
+        flips = tenant_flips(read_flags(flags.source, connection), keys, tenants)
+        reference = tenant_flips(read_flags(FlagSourceConfig(SQL), connection), keys, tenants)
+    # t-001 flipped its own rows; t-002 and t-003 inherit the global rows' change time.
+    assert flips == reference and flips["t-002"] == flips["t-003"] < flips["t-001"]
+    decision = check_decision(
+        production.endpoints.prometheus_url,
+        ["t-001"],
+        ["t-002", "t-003"],
+        flips,
+        config.metrics.decision,
+        at=production.endpoints.evaluate_at,
+    )
+    assert decision.failure is None, decision.failure
+    assert decision.facts[DECISION_FACT] == "GO"
+
+
+@pytest.mark.parametrize(
+    "flags",
+    [
+        '[flags]\nsource = "file"\npath = "flags.json"\n',
+        '[flags]\nquery = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM flags_view"\n',
+    ],
+)
+def test_the_production_rehearsal_refuses_a_store_it_cannot_backdate(
+    tmp_path: Path, flags: str
+) -> None:
+    config = load_config(base_config(tmp_path, database="unused", extra=PILOT + flags))
+    with ExitStack() as stack, pytest.raises(RehearsalFailed, match="no store it can backdate"):
+        rehearse_production(
+            config, PHASES["prd-pilot"], str(REFERENCE_BACKEND), "postgresql://unused", {}, stack
+        )

@@ -106,6 +106,19 @@ def test_config_errors_name_the_key(tmp_path: Path, snippet: str, key: str, prob
     [
         ("[flags]\nsource = 'ldap'\n", "flags.source", "must be one of sql, http, file"),
         ("[flags]\nsource = 'http'\n", "flags.url", "required"),
+        (
+            "[flags]\nsource = 'file'\npath = 'f.json'\ntable = 'flags'\n",
+            "flags.table",
+            "applies to source = 'sql' only",
+        ),
+        (
+            "[flags]\nquery = 'SELECT 1'\nkey_column = 'flag'\n",
+            "flags.key_column",
+            "give either query or the table keys, not both",
+        ),
+        ("[flags]\nenabled_column = ''\n", "flags.enabled_column", "non-empty string"),
+        ("[tenants]\nid = 'client'\n", "tenants.id", "unknown key (known: table, id_column)"),
+        ("[tenants]\ntable = 7\n", "tenants.table", "non-empty string"),
         ("[metrics.webhook_401]\nmax_ratio = 0.5\n", "metrics.webhook_401.max_ratio", ">= 1"),
         ("[metrics.webhook_401]\nwindow = 5\n", "metrics.webhook_401.window", "unknown key"),
         ("[smoke]\ndeposit = '-1'\n", "smoke.deposit", "positive amount"),
@@ -118,6 +131,28 @@ def test_phase_sections_name_the_key(tmp_path: Path, snippet: str, key: str, pro
         load_config(path)
     assert raised.value.key == key
     assert problem in str(raised.value)
+
+
+def test_flag_and_tenant_tables_are_configured(tmp_path: Path) -> None:
+    path = write_config(
+        tmp_path,
+        database="ledger",
+        extra="[flags]\ntable = 'rollout_flags'\nkey_column = 'flag'\n"
+        "[tenants]\ntable = 'clients'\nid_column = 'client'\n",
+    )
+    config = load_config(path)
+    table = config.flags.source.table
+    assert (table.table, table.key, table.tenant, table.enabled, table.changed_at) == (
+        "rollout_flags",
+        "flag",
+        "tenant_id",
+        "enabled",
+        "changed_at",
+    )
+    assert (config.tenants.tenants, config.tenants.tenant_id) == ("clients", "client")
+    query = "SELECT key, tenant_id AS tenant, enabled, changed_at FROM feature_flags"
+    path = write_config(tmp_path, database="ledger", extra=f'[flags]\nquery = "{query}; "\n')
+    assert load_config(path).flags.source.query == query  # PRD checks embed it
 
 
 def test_baseline_must_be_in_the_chain(tmp_path: Path) -> None:

@@ -6,13 +6,11 @@ from sqlalchemy.engine import Connection
 
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.fixtures import StepRecorder
-from pytest_ledger_rollout.flags import FlagState
+from pytest_ledger_rollout.flags import FlagRelation, FlagState
 from pytest_ledger_rollout.metrics.decision import RollbackPlan
 from pytest_ledger_rollout.migrations import AlembicProject, check_release_downgrades
 from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
 from pytest_ledger_rollout.pilot import (
-    FlagTable,
-    TenantTables,
     check_enforce_after_tenant_backfill,
     check_enforce_with_signature,
     check_enforced_backfill,
@@ -23,8 +21,6 @@ from pytest_ledger_rollout.pilot import (
 from pytest_ledger_rollout.results import CheckResult
 from pytest_ledger_rollout.session import TargetSession
 
-FLAGS, TENANTS = FlagTable(), TenantTables()
-
 
 @pytest.mark.dod("4.0")
 def test_pilot_decided_go(predecessor_signoff: CheckResult, evidence: StepRecorder) -> None:
@@ -34,35 +30,45 @@ def test_pilot_decided_go(predecessor_signoff: CheckResult, evidence: StepRecord
 
 @pytest.mark.dod("4.1")
 def test_enforced_tenants_are_the_declared_waves(
-    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection,
+    flag_relation: FlagRelation,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
 ) -> None:
     """The tenants with enforcement on are exactly the waves declared so far"""
-    enforce = rollout_config.flags.enforce_flag
-    evidence.check(check_waves(db, FLAGS, TENANTS, enforce, rollout_config.ga.waves))
+    enforce, tenants = rollout_config.flags.enforce_flag, rollout_config.tenants
+    evidence.check(check_waves(db, flag_relation, tenants, enforce, rollout_config.ga.waves))
 
 
 @pytest.mark.dod("4.1")
 def test_every_enabled_tenant_is_clean(
-    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection,
+    flag_relation: FlagRelation,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
 ) -> None:
     """Every enabled tenant: backfill clean, signature enforced too, enforced after its backfill"""
-    flags, ledger = rollout_config.flags, rollout_config.ledger
+    flags, ledger, tenants = rollout_config.flags, rollout_config.ledger, rollout_config.tenants
+    enforce, rows = flags.enforce_flag, flag_relation
     evidence.check(
-        check_enforced_backfill(db, ledger, FLAGS, TENANTS, flags.enforce_flag),
-        check_enforce_with_signature(db, FLAGS, TENANTS, flags.enforce_flag, flags.signature_flag),
-        check_enforce_after_tenant_backfill(db, ledger, FLAGS, TENANTS, flags.enforce_flag),
+        check_enforced_backfill(db, ledger, rows, tenants, enforce),
+        check_enforce_with_signature(db, rows, tenants, enforce, flags.signature_flag),
+        check_enforce_after_tenant_backfill(db, ledger, rows, tenants, enforce),
     )
 
 
 @pytest.mark.dod("4.2")
 def test_rollback_plan_ready(
-    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection,
+    flag_relation: FlagRelation,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
 ) -> None:
     """Every flag of the rollback plan exists as each enabled tenant's own row"""
     ga = rollout_config.ga
     flags = ga.rollback_flags or RollbackPlan().default
     plan = {tenant: flags for wave in ga.waves for tenant in wave}
-    evidence.check(check_rollback_plan(db, FLAGS, TENANTS, plan))
+    evidence.check(check_rollback_plan(db, flag_relation, rollout_config.tenants, plan))
 
 
 @pytest.mark.dod("4.2")
@@ -80,12 +86,15 @@ def test_release_downgrades_rehearsed(
 
 @pytest.mark.dod("4.3")
 def test_enforcement_in_general_use(
-    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection,
+    flag_relation: FlagRelation,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
 ) -> None:
     """Enforcement on for all tenants (or the configured share)"""
-    ga = rollout_config.ga
+    ga, tenants = rollout_config.ga, rollout_config.tenants
     enforce = rollout_config.flags.enforce_flag
-    evidence.check(check_general_use(db, FLAGS, TENANTS, enforce, ga.min_share))
+    evidence.check(check_general_use(db, flag_relation, tenants, enforce, ga.min_share))
 
 
 @pytest.mark.dod("4.3")

@@ -6,13 +6,11 @@ from sqlalchemy.engine import Connection
 
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.fixtures import StepRecorder
-from pytest_ledger_rollout.flags import FlagState
+from pytest_ledger_rollout.flags import FlagRelation, FlagState
 from pytest_ledger_rollout.ledger import check_no_mismatch
 from pytest_ledger_rollout.metrics.decision import RollbackPlan
 from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
 from pytest_ledger_rollout.pilot import (
-    FlagTable,
-    TenantTables,
     candidates_report,
     check_pilot_flags,
     check_pilot_tenants,
@@ -32,15 +30,13 @@ def test_pilot_tenants_are_few_and_low_risk(
     db: Connection, rollout_config: RolloutConfig, pilot_candidates: int, evidence: StepRecorder
 ) -> None:
     """1 to 3 pilot tenants, each existing and low-risk by the configured criteria"""
-    pilot, ledger = rollout_config.pilot, rollout_config.ledger
+    pilot, ledger, tenants = rollout_config.pilot, rollout_config.ledger, rollout_config.tenants
     ranked = (
-        [candidates_report(db, ledger, TenantTables(), pilot.risk, pilot_candidates)]
+        [candidates_report(db, ledger, tenants, pilot.risk, pilot_candidates)]
         if pilot_candidates
         else []
     )
-    evidence.check(
-        check_pilot_tenants(db, ledger, TenantTables(), pilot.risk, pilot.tenants), *ranked
-    )
+    evidence.check(check_pilot_tenants(db, ledger, tenants, pilot.risk, pilot.tenants), *ranked)
 
 
 @pytest.mark.dod("3.2")
@@ -53,13 +49,16 @@ def test_pilot_backfill_clean(
 
 @pytest.mark.dod("3.2")
 def test_enforcement_on_for_pilots_only(
-    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection,
+    flag_relation: FlagRelation,
+    rollout_config: RolloutConfig,
+    evidence: StepRecorder,
 ) -> None:
     """Signature and enforce flags on for the pilot tenants, off for every other tenant"""
-    flags = rollout_config.flags
+    flags, tenants = rollout_config.flags, rollout_config.tenants
     keys = (flags.signature_flag, flags.enforce_flag)
     evidence.check(
-        check_pilot_flags(db, FlagTable(), TenantTables(), keys, rollout_config.pilot.tenants)
+        check_pilot_flags(db, flag_relation, tenants, keys, rollout_config.pilot.tenants)
     )
 
 
