@@ -78,12 +78,29 @@ def read_server_facts(connection: Connection) -> ServerFacts:
     return ServerFacts.from_row(tuple(connection.execute(text(FACTS_SQL)).one()))
 
 
-def run_on_app_host(host_spec: str, app_dir: str, command: str) -> tuple[int, str]:
+# What a command on this machine keeps of the operator's environment, besides the URL
+# variable: the rest (webhook secrets, other databases' URLs, tokens) is not the app's.
+_APP_ENVIRONMENT = frozenset({"PATH", "HOME", "LANG", "TZ", "TMPDIR", "USER", "LOGNAME", "TERM"})
+_SHELL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
+
+
+def run_on_app_host(host_spec: str, app_dir: str, command: str, url_env: str) -> tuple[int, str]:
+    """``command`` in ``app_dir`` on the app host. On this machine (local://) it sees only the
+    URL variable of the operator's environment (by name: no value reaches a command line)."""
     host = testinfra.get_host(host_spec)
     if host_spec == "local://":
         # The app on this machine is the one installed beside the plugin.
         path = shlex.quote(interpreter_path(os.environ.get("PATH")))
-        command = f"PATH={path} {command}"
+        foreign = sorted(
+            name
+            for name in os.environ
+            if name != url_env
+            and name not in _APP_ENVIRONMENT
+            and not name.startswith("LC_")
+            and _SHELL_NAME.fullmatch(name)
+        )
+        unset = f"unset {' '.join(foreign)}; " if foreign else ""
+        command = f"{unset}PATH={path} {command}"
     result = host.run(f"cd {shlex.quote(app_dir)} && {command}")
     return result.rc, (result.stdout + result.stderr)
 
@@ -120,7 +137,7 @@ def check_app_sees_same_database(
     commands = (f"python -c {shlex.quote(probe)}", "alembic current")
     with ThreadPoolExecutor(max_workers=len(commands)) as pool:  # both only read
         (probe_rc, probe_out), (current_rc, current_out) = pool.map(
-            lambda command: run_on_app_host(host_spec, app_dir, command), commands
+            lambda command: run_on_app_host(host_spec, app_dir, command, url_env), commands
         )
     suite_facts = read_server_facts(suite)
     probe_out, current_out = scrubber.scrub(probe_out), scrubber.scrub(current_out)
@@ -180,10 +197,15 @@ def check_app_sees_same_database(
 
 
 def check_backfill_dry_run(
-    host_spec: str, app_dir: str, command: str, nothing_to_change: str, scrubber: Scrubber
+    host_spec: str,
+    app_dir: str,
+    command: str,
+    nothing_to_change: str,
+    url_env: str,
+    scrubber: Scrubber,
 ) -> CheckResult:
     """Runbook 2.2, from the script's side: its dry run has nothing left to change."""
-    rc, output = run_on_app_host(host_spec, app_dir, command)
+    rc, output = run_on_app_host(host_spec, app_dir, command, url_env)
     output = scrubber.scrub(output)
     tail = "\n".join(output.strip().splitlines()[-15:])
     evidence = Evidence(f"on {host_spec} in {app_dir}", f"$ {command}  (rc={rc})\n{tail}")
@@ -206,10 +228,10 @@ def check_backfill_dry_run(
 
 
 def check_external_command(
-    host_spec: str, workdir: str, command: str, scrubber: Scrubber
+    host_spec: str, workdir: str, command: str, url_env: str, scrubber: Scrubber
 ) -> CheckResult:
     """A team's own end-to-end step (e.g. the runbook's yarn spec): exit 0, output as evidence."""
-    rc, output = run_on_app_host(host_spec, workdir, command)
+    rc, output = run_on_app_host(host_spec, workdir, command, url_env)
     tail = "\n".join(scrubber.scrub(output).strip().splitlines()[-25:])
     evidence = Evidence(f"on {host_spec} in {workdir}", f"$ {command}  (rc={rc})\n{tail}")
     if rc == 0:

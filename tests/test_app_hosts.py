@@ -23,7 +23,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.hosts import check_app_sees_same_database
+from pytest_ledger_rollout.hosts import check_app_sees_same_database, run_on_app_host
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.migrations import AlembicProject
 from pytest_ledger_rollout.postgres import EphemeralServer, EphemeralSettings, start_ephemeral
@@ -269,3 +269,18 @@ def test_kubectl_app_host_runs_in_the_pod_and_container_named(
         call.startswith("--context=stg -n staging -c api exec backend-0 -- /bin/sh -c ")
         for call in calls
     )
+
+
+def test_a_local_app_sees_only_its_url_variable(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The operator's other secrets (the webhook secret, another database's URL) never reach a
+    command run as the app on this machine; the URL variable does, by name."""
+    monkeypatch.setenv("LEDGER_WEBHOOK_SECRET", "whsec-never-for-the-app")
+    monkeypatch.setenv("OTHER_DATABASE_URL", "postgresql://x:y@elsewhere/db")
+    monkeypatch.setenv("DATABASE_URL", "postgresql://app@127.0.0.1/ledger")
+    rc, output = run_on_app_host("local://", str(tmp_path), "env", "DATABASE_URL")
+    assert rc == 0, output
+    assert "DATABASE_URL=postgresql://app@127.0.0.1/ledger" in output
+    assert "whsec-never-for-the-app" not in output and "LEDGER_WEBHOOK_SECRET" not in output
+    assert "OTHER_DATABASE_URL" not in output

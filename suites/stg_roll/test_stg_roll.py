@@ -55,6 +55,7 @@ def test_backfill_dry_run_has_nothing_left(
             target.app_dir,
             rollout_config.backfill.dry_run_command,
             rollout_config.backfill.nothing_to_change,
+            target.database_url_env,
             evidence.scrubber,
         )
     )
@@ -144,6 +145,7 @@ def test_team_e2e_withdrawals_spec(
             rollout_target.target.config.app_host or "local://",
             smoke.external_dir or rollout_target.target.config.app_dir or ".",
             smoke.external_command,
+            rollout_target.target.config.database_url_env,
             evidence.scrubber,
         )
     )
