@@ -189,11 +189,13 @@ def test_app_that_sees_another_database_fails_1_1(
     run_phase: RunPhase,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # The app's Alembic reads APP_DATABASE_URL: a database that is already at head.
+    # The app's Alembic is configured for another database (the baseline template): its
+    # env.py names that URL itself instead of reading $DATABASE_URL.
     env_py = backend_copy / "migrations" / "env.py"
-    env_py.write_text(env_py.read_text().replace('"DATABASE_URL", ""', '"APP_DATABASE_URL", ""'))
     at_baseline = scenario_db.url.replace(scenario_db.name, "tmpl_baseline")
-    monkeypatch.setenv("APP_DATABASE_URL", at_baseline)
+    env_py.write_text(
+        env_py.read_text().replace('os.environ.get("DATABASE_URL", "")', repr(at_baseline))
+    )
     config = write_config(tmp_path, database=scenario_db.name, app_dir=backend_copy)
     scenario_db.upgrade("head")
     run = run_phase(config, "--target=staging", url=scenario_db.url)
