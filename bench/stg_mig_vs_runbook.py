@@ -115,7 +115,9 @@ def main() -> None:
             ]  # fmt: skip
             url = database_at_baseline(server, "bench")
             staging_env = {**env, "DATABASE_URL": url}
-            staging.append(timed([([*suite, "--target=staging"], staging_env, folder)]))
+            staging.append(
+                timed([([*suite, "--target=staging", "--release=bench"], staging_env, folder)])
+            )
             embedded.append(timed([(suite, env, folder)]))
     runbook_s, staging_s, embedded_s = (statistics.median(x) for x in (runbook, staging, embedded))
     print(f"rounds: {ROUNDS} (medians)")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -241,3 +243,30 @@ def test_database_url_with_an_impossible_port_is_a_usage_error(
     run = run_phase(config, "--target=staging", url="postgresql://u@127.0.0.1:99999/ledger")
     assert run.result.ret == pytest.ExitCode.USAGE_ERROR
     assert "$DATABASE_URL" in run.output and "1..65535" in run.output
+
+
+def test_default_config_is_found_where_pytest_runs_even_when_a_value_became_the_rootdir(
+    tmp_path: Path,
+) -> None:
+    """`--signoff-dir /some/dir` (a space): pytest takes the value for a path and makes it the
+    rootdir before the plugin's options exist. The default config is still the one in the
+    folder pytest runs from; where none is, every place looked at is named."""
+    work, elsewhere = tmp_path / "work", tmp_path / "reports"
+    work.mkdir()
+    elsewhere.mkdir()
+    write_config(work, database="ledger")
+    command = [sys.executable, "-m", "pytest", "--phase=stg-mig", "--collect-only", "-q"]
+    found = subprocess.run(
+        [*command, "--signoff-dir", str(elsewhere)], cwd=work, capture_output=True, text=True
+    )
+    assert found.returncode == 0, found.stdout + found.stderr
+    assert "test_upgrade_head" in found.stdout
+    (work / "rollout.toml").unlink()
+    missing = subprocess.run(
+        [*command, "--signoff-dir", str(elsewhere)], cwd=work, capture_output=True, text=True
+    )
+    assert missing.returncode == USAGE
+    # The invocation folder, then the rootdir pytest chose (here, above both folders).
+    assert f"no rollout config: looked for {work / 'rollout.toml'} and {tmp_path}" in (
+        missing.stderr
+    )
