@@ -18,7 +18,7 @@ from .masking import Scrubber
 from .phases import Phase, Role, Step
 from .provenance import RepositoryState
 from .results import Evidence, Failure
-from .waivers import Waiver, waived_outcome
+from .waivers import WAIVED, Waiver, waived_outcome
 
 PASS, FAIL, INCOMPLETE, INTERRUPTED = "PASS", "FAIL", "INCOMPLETE", "INTERRUPTED"
 DECISION_FACT = "OPS-02 decision"  # the environment fact a deciding phase's 3.3 records
@@ -136,10 +136,10 @@ class RunRecord:
         Every check waits for the steps its step (and the check itself) needs; an action also
         for every pre-flight of its step, which must have run and passed; a verification for
         the step's actions."""
-        outcomes = {s.step.id: s.outcome for s in self.step_outcomes()}
+        outcomes = {s.step.id: s for s in self.step_outcomes()}
         for needed in dict.fromkeys((*step.needs, *needs)):
-            if outcomes[needed] != PASSED:
-                return f"{NOT_ATTEMPTED}: {needed} {_describe(outcomes[needed])}"
+            if not self._opens(outcomes[needed]):
+                return f"{NOT_ATTEMPTED}: {needed} {_describe(outcomes[needed].outcome)}"
         earlier = {Role.ACTION: Role.PREFLIGHT, Role.VERIFICATION: Role.ACTION}.get(role)
         if earlier is None:
             return None
@@ -155,6 +155,16 @@ class RunRecord:
                     f"{_describe(record.outcome)}"
                 )
         return None
+
+    def _opens(self, outcome: StepOutcome) -> bool:
+        """Whether a step lets the steps that need it run: passed, or waived where only a
+        check it does not require failed (every check it requires ran and passed)."""
+        if outcome.outcome == PASSED:
+            return True
+        required = outcome.step.required(self.target_kind)
+        return outcome.outcome == WAIVED and all(
+            self._outcome_of(outcome.step.id, check.name) == "passed" for check in required
+        )
 
     def verdict(self) -> str:
         # A waived step (failure waived, or not run by its waiver) neither fails nor leaves

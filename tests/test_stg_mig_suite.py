@@ -509,3 +509,28 @@ def test_no_head_names_the_empty_versions_folder(
     assert "The migration history has no head" in run.output
     assert f"no revision scripts under {backend_copy / 'migrations'}" in run.output
     assert "point it at the backend's alembic.ini" not in run.output
+
+
+def test_staging_without_an_app_host_does_not_pass_1_1_silently(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    """The runbook runs `alembic current` in the pod: a staging target that names no app host
+    fails 1.1 and nothing is upgraded; a waiver (run: true) is the honest way past it, and the
+    verdict says so."""
+    config = write_config(tmp_path, database=scenario_db.name, app_dir=None)
+    run = run_phase(config, "--target=staging", url=scenario_db.url)
+    assert run.step("1.1")["outcome"] == "failed"
+    assert "The runbook's `alembic current` on the app host was not run" in run.output
+    assert 'record the exception as a waiver of step "1.1" (run: true)' in run.output
+    assert run.step("1.2")["evidence"] == "not attempted: 1.1 failed"
+    assert scenario_db.current() == (CHAIN[0],)
+    waivers = tmp_path / "waivers.yml"
+    waivers.write_text(
+        '"1.1":\n  justification: "INC-7: the pod runs the RC image, checked by hand"\n'
+        '  expiration_date: 2099-12-31\n  approver: "j.doe"\n'
+    )
+    run = run_phase(config, "--target=staging", f"--waivers={waivers}", url=scenario_db.url)
+    assert run.result.ret == 0, run.output
+    assert run.step("1.1")["outcome"] == "waived"
+    assert "stg-mig on staging (staging): PASS (waived: 1.1)" in run.output
+    assert scenario_db.current() == (HEAD,)

@@ -14,6 +14,8 @@ from pytest_ledger_rollout.migrations import (
     check_single_head,
     check_upgrade_head,
 )
+from pytest_ledger_rollout.phases import STAGING
+from pytest_ledger_rollout.results import DodFailure, Failure
 from pytest_ledger_rollout.schema import check_unique_constraint
 from pytest_ledger_rollout.session import TargetSession
 
@@ -58,7 +60,21 @@ def test_app_alembic_sees_same_database(
     """The app's Alembic sees the same database and revision"""
     target = rollout_target.target.config
     if not (target.app_host and target.app_dir):
-        pytest.skip(f"target {target.name} declares no app_host/app_dir")
+        if target.kind != STAGING:
+            pytest.skip(f"target {target.name} declares no app_host/app_dir")
+        # The runbook runs `alembic current` in the pod: on staging its absence is a finding.
+        raise DodFailure(
+            Failure(
+                "The runbook's `alembic current` on the app host was not run",
+                expected=f"[targets.{target.name}] app_host and app_dir, where the app runs",
+                seen=f"staging target {target.name} declares no app_host/app_dir",
+                remedy=(
+                    f"Set [targets.{target.name}] app_host (e.g. kubectl://backend-0?"
+                    "namespace=staging&container=api) and app_dir (e.g. /app/backend), or "
+                    'record the exception as a waiver of step "1.1" (run: true).'
+                ),
+            )
+        )
     evidence.check(
         check_app_sees_same_database(
             target.app_host,
