@@ -24,6 +24,7 @@ from pytest_ledger_rollout.rehearsal import RehearsalFailed, rehearse_production
 from pytest_ledger_rollout.session import ServiceEndpoints
 from pytest_ledger_rollout.targets import read_identity
 
+from .browser import visible_text
 from .loopback_http import LoopbackHTTP, Reply
 from .support import (
     REFERENCE_BACKEND,
@@ -138,6 +139,10 @@ def test_pilot_on_production_reads_only_and_needs_its_predecessor(
     assert found["3.3"] == "failed"
     assert run.json()["decision"] == "HOLD"
     assert flag_rows(production) == before
+    # The HOLD as an approver reads it, without scripts: the decision and why, per tenant.
+    text = " ".join(visible_text(run.artifact(".html"), scripts=False).split())
+    assert "Verdict: FAIL -> decision HOLD" in text
+    assert "OPS-02 per pilot tenant" in text and "no data HOLD" in text
 
 
 def test_candidates_are_ranked_with_their_figures(
