@@ -21,7 +21,7 @@ from sqlalchemy.engine import URL
 _URL_IN_TEXT = re.compile(r"\b[a-zA-Z][a-zA-Z0-9+.\-]*://[^\s'\"<>]+")
 MASK = "***"
 MIN_SECRET = 3  # shorter "secrets" would mask ordinary text
-MIN_PREFIX = 6  # the shortest head or tail of a secret masked next to a truncation mark
+MIN_PREFIX = 6  # the shortest head (anywhere) or tail (after a truncation mark) masked
 _CUT = re.compile(r"\.\.\.|…")  # how pytest and reprlib cut long reprs
 
 
@@ -101,21 +101,17 @@ def secret_forms(secret: str) -> set[str]:
     return {form for form in forms if len(form) >= MIN_SECRET}
 
 
-def _cut_lengths(text: str, mark: re.Match[str], forms: Iterable[str]) -> tuple[int, int]:
-    """How many characters before and after a truncation mark are the head or tail of a form
-    (0 when fewer than MIN_PREFIX): what a truncated repr left of a secret (``Zq@ss...``)."""
-    head = tail = 0
-    start, end = mark.start(), mark.end()
+def _tail_length(text: str, end: int, forms: Iterable[str]) -> int:
+    """How many characters after a truncation mark ending at ``end`` are the tail of a form (0
+    when fewer than MIN_PREFIX): what a repr cut from the front left of a secret (``...ss``).
+    Heads need no mark: ``Scrubber._heads`` masks them wherever they stand."""
+    tail = 0
     for form in forms:
-        for n in range(min(len(form) - 1, start), max(head, MIN_PREFIX - 1), -1):
-            if text.endswith(form[:n], 0, start):
-                head = n
-                break
         for n in range(min(len(form) - 1, len(text) - end), max(tail, MIN_PREFIX - 1), -1):
             if text.startswith(form[-n:], end):
                 tail = n
                 break
-    return head, tail
+    return tail
 
 
 def _common_prefix(text: str, start: int, form: str) -> int:
@@ -160,7 +156,7 @@ class Scrubber:
         if self.secrets:
             text = self._compiled().sub(MASK, text)
             text = self._heads(text)
-            text = self._cut_remains(text)
+            text = self._cut_tails(text)
         return _URL_IN_TEXT.sub(lambda match: _mask_if_userinfo(match.group(0)), text)
 
     def _compiled(self) -> re.Pattern[str]:
@@ -188,15 +184,14 @@ class Scrubber:
             done = end
         return "".join(pieces) + text[done:]
 
-    def _cut_remains(self, text: str) -> str:
+    def _cut_tails(self, text: str) -> str:
         pieces, done = [], 0
         for mark in _CUT.finditer(text):
             if mark.start() < done:
                 continue
-            head, tail = _cut_lengths(text, mark, self._forms)
-            if head or tail:
-                pieces.append(text[done : max(done, mark.start() - head)])
-                pieces.append((MASK if head else "") + mark.group(0) + (MASK if tail else ""))
+            tail = _tail_length(text, mark.end(), self._forms)
+            if tail:
+                pieces += [text[done : mark.end()], MASK]
                 done = mark.end() + tail
         return "".join(pieces) + text[done:]
 
