@@ -8,7 +8,7 @@ import json
 import os
 import re
 import tempfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -219,10 +219,7 @@ class RunRecord:
                 name: state.as_json() if state else None
                 for name, state in self.repositories.items()
             },
-            "counts": {
-                outcome: sum(c.outcome == outcome for c in self.checks)
-                for outcome in ("passed", "failed", "error", "skipped")
-            },
+            "counts": count_outcomes(self.checks),
             "steps": [
                 {
                     "id": s.step.id,
@@ -249,6 +246,15 @@ class RunRecord:
             ],
             "environment": dict(self.environment),
         }
+
+
+CHECK_OUTCOMES = ("passed", "failed", "error", "skipped")
+
+
+def count_outcomes(checks: Iterable[CheckRecord]) -> dict[str, int]:
+    """Each check outcome's count, in a fixed order (the JSON's and the page's)."""
+    outcomes = [check.outcome for check in checks]
+    return {outcome: outcomes.count(outcome) for outcome in CHECK_OUTCOMES}
 
 
 def _iso(moment: dt.datetime | None) -> str | None:

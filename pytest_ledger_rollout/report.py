@@ -8,7 +8,7 @@ pytest-html's own tables and hides what is dead or duplicated without scripts.""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from html import escape
 
 from .evidence import (
@@ -22,6 +22,7 @@ from .evidence import (
     CheckRecord,
     RunRecord,
     StepOutcome,
+    count_outcomes,
 )
 from .results import TABLE_EVIDENCE, Evidence, Failure
 from .waivers import WAIVED, WAIVED_NOT_RUN
@@ -140,10 +141,9 @@ def _checklist_row(step: StepOutcome) -> str:
     )
 
 
-def check_counts(checks: tuple[CheckRecord, ...] | list[CheckRecord]) -> str:
+def check_counts(checks: Iterable[CheckRecord]) -> str:
     """``3 passed, 1 failed``: each outcome's count, in a fixed order."""
-    order = ("passed", "failed", "error", "skipped")
-    counts = {outcome: sum(c.outcome == outcome for c in checks) for outcome in order}
+    counts = count_outcomes(checks)
     return ", ".join(f"{n} {outcome}" for outcome, n in counts.items() if n) or "no check"
 
 
