@@ -355,6 +355,21 @@ def add_revision(backend: Path, revision: str, down: str, upgrade: str, downgrad
     )
 
 
+def add_revision_failing_on_rows(
+    backend: Path, revision: str, down: str, check: str, db: ScenarioDb
+) -> None:
+    """A revision that fails on ``db``'s rows only: the walk from an empty database passes, so
+    the pre-flights let the upgrade run, and the upgrade's own failure is what is reported."""
+    add_revision(
+        backend,
+        revision,
+        down,
+        f"    op.execute(\"ALTER TABLE tenants ADD CONSTRAINT {check} CHECK (name <> 'legacy')\")",
+        "    pass",
+    )
+    db.execute("INSERT INTO tenants (id, name) VALUES ('t-legacy', 'legacy')")
+
+
 def test_concurrent_index_migration_applies_as_under_the_alembic_cli(
     scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
 ) -> None:
@@ -398,17 +413,8 @@ def test_database_at_head_has_nothing_to_upgrade(
 def test_failing_migration_is_named_with_its_statement_and_error(
     scenario_db: ScenarioDb, tmp_path: Path, backend_copy: Path, run_phase: RunPhase
 ) -> None:
-    # Old failure: "`alembic upgrade head` failed" with the error alone, no revision. The
-    # revision fails only on this database's rows: the walk from empty passes, so the
-    # pre-flights let the upgrade run, and the upgrade's own failure is what is reported.
-    add_revision(
-        backend_copy,
-        "c3_broken",
-        HEAD,
-        "    op.execute(\"ALTER TABLE tenants ADD CONSTRAINT ck_named CHECK (name <> 'legacy')\")",
-        "    pass",
-    )
-    scenario_db.execute("INSERT INTO tenants (id, name) VALUES ('t-legacy', 'legacy')")
+    # Old failure: "`alembic upgrade head` failed" with the error alone, no revision.
+    add_revision_failing_on_rows(backend_copy, "c3_broken", HEAD, "ck_named", scenario_db)
     config = write_config(
         tmp_path,
         database=scenario_db.name,
@@ -474,15 +480,7 @@ def test_transaction_per_migration_commits_each_revision_as_the_cli_does(
     add_revision(
         backend_copy, "c3_ok", HEAD, '    op.execute("CREATE TABLE c3 (id int)")', "    pass"
     )
-    # Fails on this database's rows only (see the test above): the walk from empty passes.
-    add_revision(
-        backend_copy,
-        "c4_broken",
-        "c3_ok",
-        "    op.execute(\"ALTER TABLE tenants ADD CONSTRAINT ck_c4 CHECK (name <> 'legacy')\")",
-        "    pass",
-    )
-    scenario_db.execute("INSERT INTO tenants (id, name) VALUES ('t-legacy', 'legacy')")
+    add_revision_failing_on_rows(backend_copy, "c4_broken", "c3_ok", "ck_c4", scenario_db)
     config = write_config(
         tmp_path,
         database=scenario_db.name,
