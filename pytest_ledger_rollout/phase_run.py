@@ -189,10 +189,9 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
 def _repositories(alembic_ini: Path, config_path: Path) -> dict[str, RepositoryState | None]:
     """The checkouts holding the migrations and the config; one entry when they are one."""
     migrations = repository_state(alembic_ini.parent)
-    config = repository_state(config_path.parent)
-    if config == migrations:
-        return {"migrations and config": migrations}
-    return {"migrations": migrations, "config": config}
+    if migrations is not None and config_path.is_relative_to(migrations.root):
+        return {"migrations and config": migrations}  # one checkout: git asked once
+    return {"migrations": migrations, "config": repository_state(config_path.parent)}
 
 
 def _require_writable(folder: Path) -> None:

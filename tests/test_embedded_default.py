@@ -83,6 +83,10 @@ def test_embedded_default_passes_and_writes_the_signoff(tmp_path: Path, scratch:
     (checksums,) = tmp_path.glob("stg-mig-local-*.sha256")
     data = json.loads(report.read_text())
     assert data["verdict"] == "PASS" and data["rehearsal"] is True
+    # The migrations and the config are in this checkout: one entry, its commit recorded.
+    (checkout,) = data["repositories"].values()
+    assert list(data["repositories"]) == ["migrations and config"]
+    assert checkout["root"] == str(REPO) and re.fullmatch(r"[0-9a-f]{40}", checkout["commit"])
     assert {s["id"]: s["outcome"] for s in data["steps"]} == dict.fromkeys(
         ("1.1", "1.2", "1.3", "1.4"), "passed"
     )
