@@ -23,7 +23,7 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 
 from pytest_ledger_rollout.config import load_config
-from pytest_ledger_rollout.postgres import EphemeralSettings, start_ephemeral
+from pytest_ledger_rollout.targets.postgres import EphemeralSettings, start_ephemeral
 
 REPO = Path(__file__).resolve().parent.parent
 BACKEND = REPO / "examples" / "reference_backend"

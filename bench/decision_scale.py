@@ -25,8 +25,8 @@ import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
-from pytest_ledger_rollout.metrics import Decision, PrometheusClient, decide
-from pytest_ledger_rollout.metrics.server import Series, start_prometheus
+from pytest_ledger_rollout.checks.metrics import Decision, PrometheusClient, decide
+from pytest_ledger_rollout.targets.prometheus_server import Series, start_prometheus
 
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "5"))
 SIZES = (10, 1000)

@@ -26,11 +26,15 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 
-from pytest_ledger_rollout.forensics import history
-from pytest_ledger_rollout.forensics.fingerprint import fingerprint
-from pytest_ledger_rollout.forensics.history import fingerprint_history, scratch_database
-from pytest_ledger_rollout.migrations import AlembicProject
-from pytest_ledger_rollout.postgres import EphemeralServer, EphemeralSettings, start_ephemeral
+from pytest_ledger_rollout.checks.forensics import history
+from pytest_ledger_rollout.checks.forensics.fingerprint import fingerprint
+from pytest_ledger_rollout.checks.forensics.history import fingerprint_history, scratch_database
+from pytest_ledger_rollout.checks.migrations import AlembicProject
+from pytest_ledger_rollout.targets.postgres import (
+    EphemeralServer,
+    EphemeralSettings,
+    start_ephemeral,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 ENV_PY = REPO / "tests" / "projects" / "branchy" / "migrations" / "env.py"

@@ -18,9 +18,9 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.ledger import LedgerTables, check_no_mismatch
-from pytest_ledger_rollout.migrations import AlembicProject
-from pytest_ledger_rollout.postgres import EphemeralSettings, start_ephemeral
+from pytest_ledger_rollout.checks.ledger import LedgerTables, check_no_mismatch
+from pytest_ledger_rollout.checks.migrations import AlembicProject
+from pytest_ledger_rollout.targets.postgres import EphemeralSettings, start_ephemeral
 
 REPO = Path(__file__).resolve().parent.parent
 BACKEND = REPO / "examples" / "reference_backend"
@@ -94,7 +94,7 @@ def peak_rss_mib(url: str, tenants: list[str] | None) -> float:
     """Peak RSS of a fresh process that runs only the check (scoped to ``tenants``)."""
     script = (
         "import resource, sys; from sqlalchemy import create_engine;"
-        "from pytest_ledger_rollout.ledger import LedgerTables, check_no_mismatch;"
+        "from pytest_ledger_rollout.checks.ledger import LedgerTables, check_no_mismatch;"
         "engine = create_engine(sys.argv[1]); tenants = sys.argv[2:] or None;"
         "c = engine.connect(); check_no_mismatch(c, LedgerTables(), tenants);"
         "print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss)"

@@ -25,8 +25,12 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.migrations import AlembicProject
-from pytest_ledger_rollout.postgres import EphemeralServer, EphemeralSettings, start_ephemeral
+from pytest_ledger_rollout.checks.migrations import AlembicProject
+from pytest_ledger_rollout.targets.postgres import (
+    EphemeralServer,
+    EphemeralSettings,
+    start_ephemeral,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 MLFLOW = REPO / "tests" / "projects" / "mlflow"

@@ -23,9 +23,13 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import make_url
 
+from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.config import load_config
-from pytest_ledger_rollout.migrations import AlembicProject
-from pytest_ledger_rollout.postgres import EphemeralServer, EphemeralSettings, start_ephemeral
+from pytest_ledger_rollout.targets.postgres import (
+    EphemeralServer,
+    EphemeralSettings,
+    start_ephemeral,
+)
 
 REPO = Path(__file__).resolve().parent.parent
 BACKEND = REPO / "examples" / "reference_backend"

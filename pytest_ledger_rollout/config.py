@@ -20,14 +20,25 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from .flags import FILE, FLAG_SOURCES, HTTP, SQL, FlagSourceConfig, FlagTable
-from .ledger import LedgerTables
-from .metrics.decision import DEFAULT_POLICY, DecisionPolicy, Verdict
-from .metrics.webhook_watch import DEFAULT_THRESHOLDS, MAX_WINDOW_S, WebhookWatchThresholds
-from .phases import EPHEMERAL, TARGET_KINDS
-from .pilot import RiskCriteria, TenantTables
-from .postgres import EphemeralSettings
-from .smoke import SmokeSettings
+from pytest_ledger_rollout.checks.flags import (
+    FILE,
+    FLAG_SOURCES,
+    HTTP,
+    SQL,
+    FlagSourceConfig,
+    FlagTable,
+)
+from pytest_ledger_rollout.checks.ledger import LedgerTables
+from pytest_ledger_rollout.checks.metrics.decision import DEFAULT_POLICY, DecisionPolicy, Verdict
+from pytest_ledger_rollout.checks.metrics.webhook_watch import (
+    DEFAULT_THRESHOLDS,
+    MAX_WINDOW_S,
+    WebhookWatchThresholds,
+)
+from pytest_ledger_rollout.checks.pilot import RiskCriteria, TenantTables
+from pytest_ledger_rollout.checks.smoke import SmokeSettings
+from pytest_ledger_rollout.phases.model import EPHEMERAL, TARGET_KINDS
+from pytest_ledger_rollout.targets.postgres import EphemeralSettings
 
 EPHEMERAL_PROVIDERS = ("auto", "testcontainers", "local")
 ROLLOUT_FLAGS = (

@@ -12,15 +12,15 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.metrics.prometheus import PrometheusClient
-from pytest_ledger_rollout.metrics.server import PrometheusServer
-from pytest_ledger_rollout.migrations import AlembicProject
-from pytest_ledger_rollout.postgres import (
+from pytest_ledger_rollout.checks.metrics.prometheus import PrometheusClient
+from pytest_ledger_rollout.checks.migrations import AlembicProject
+from pytest_ledger_rollout.targets.postgres import (
     EphemeralServer,
     EphemeralSettings,
     EphemeralUnavailable,
     start_ephemeral,
 )
+from pytest_ledger_rollout.targets.prometheus_server import PrometheusServer
 
 from .support import (
     CHAIN,

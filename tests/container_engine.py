@@ -8,7 +8,7 @@ from pathlib import Path
 
 import docker
 
-from pytest_ledger_rollout.postgres import containers
+from pytest_ledger_rollout.targets.postgres import containers
 
 from .support import missing_component
 

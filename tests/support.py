@@ -16,11 +16,11 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
+from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.config import load_config
-from pytest_ledger_rollout.evidence import write_checksums
-from pytest_ledger_rollout.metrics.server import PrometheusUnavailable, find_binaries
-from pytest_ledger_rollout.migrations import AlembicProject
-from pytest_ledger_rollout.phases import PHASES
+from pytest_ledger_rollout.phases.model import PHASES
+from pytest_ledger_rollout.phases.signoff import write_checksums
+from pytest_ledger_rollout.targets.prometheus_server import PrometheusUnavailable, find_binaries
 
 REPO = Path(__file__).resolve().parent.parent
 REFERENCE_BACKEND = REPO / "examples" / "reference_backend"

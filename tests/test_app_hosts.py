@@ -23,12 +23,16 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.hosts import check_app_sees_same_database, run_on_app_host
+from pytest_ledger_rollout.checks.app_hosts import check_app_sees_same_database, run_on_app_host
+from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.masking import Scrubber
-from pytest_ledger_rollout.migrations import AlembicProject
-from pytest_ledger_rollout.postgres import EphemeralServer, EphemeralSettings, start_ephemeral
 from pytest_ledger_rollout.processes import free_port
 from pytest_ledger_rollout.results import CheckResult
+from pytest_ledger_rollout.targets.postgres import (
+    EphemeralServer,
+    EphemeralSettings,
+    start_ephemeral,
+)
 
 from .container_engine import LOCAL_POSTGRES_IMAGE, ROOTFS_IMAGE, require_engine
 from .support import CHAIN, HEAD, REFERENCE_BACKEND, REPO, missing_component

@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.postgres import EphemeralServer
-from pytest_ledger_rollout.targets import ServerIdentity, prove_identity
+from pytest_ledger_rollout.targets.connection import ServerIdentity, prove_identity
+from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .support import CHAIN, RunPhase, ScenarioDb, write_config
 

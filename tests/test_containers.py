@@ -15,14 +15,14 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from pytest_ledger_rollout.postgres import (
+from pytest_ledger_rollout.targets.connection import prove_identity, read_identity
+from pytest_ledger_rollout.targets.postgres import (
     EphemeralServer,
     EphemeralSettings,
     EphemeralUnavailable,
     start_ephemeral,
 )
-from pytest_ledger_rollout.postgres.containers import NAME_PREFIX, ContainerServer
-from pytest_ledger_rollout.targets import prove_identity, read_identity
+from pytest_ledger_rollout.targets.postgres.containers import NAME_PREFIX, ContainerServer
 
 from .container_engine import LOCAL_POSTGRES_IMAGE, containers_named, require_engine
 from .support import REPO, RunPhase
@@ -108,7 +108,7 @@ def test_stop_removes_the_container() -> None:
 
 CHILD = """
 import time
-from pytest_ledger_rollout.postgres import EphemeralSettings, start_ephemeral
+from pytest_ledger_rollout.targets.postgres import EphemeralSettings, start_ephemeral
 server = start_ephemeral(EphemeralSettings(provider="testcontainers", image={image!r}))
 print(server.name, flush=True)
 time.sleep(60)

@@ -17,7 +17,7 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from pytest_ledger_rollout.metrics import (
+from pytest_ledger_rollout.checks.metrics import (
     Decision,
     DecisionPolicy,
     Outcome,
@@ -27,7 +27,7 @@ from pytest_ledger_rollout.metrics import (
     decide,
     to_check_result,
 )
-from pytest_ledger_rollout.metrics.server import (
+from pytest_ledger_rollout.targets.prometheus_server import (
     PrometheusServer,
     Series,
     start_prometheus,

@@ -23,7 +23,7 @@ import psycopg
 import pytest
 from sqlalchemy import create_engine, text
 
-from pytest_ledger_rollout.postgres import (
+from pytest_ledger_rollout.targets.postgres import (
     EphemeralServer,
     EphemeralSettings,
     EphemeralUnavailable,
@@ -31,8 +31,8 @@ from pytest_ledger_rollout.postgres import (
     local,
     start_ephemeral,
 )
-from pytest_ledger_rollout.postgres.local import LocalServer
-from pytest_ledger_rollout.postgres.watchdog import Cluster
+from pytest_ledger_rollout.targets.postgres.local import LocalServer
+from pytest_ledger_rollout.targets.postgres.watchdog import Cluster
 
 LOCAL = EphemeralSettings(provider="local")
 
@@ -174,7 +174,7 @@ def test_failed_start_cleans_up(template_cache: Path, monkeypatch: pytest.Monkey
 
 CHILD = """
 import json, time
-from pytest_ledger_rollout.postgres import EphemeralSettings, start_ephemeral
+from pytest_ledger_rollout.targets.postgres import EphemeralSettings, start_ephemeral
 server = start_ephemeral(EphemeralSettings(provider="local"))
 c = server.cluster
 print(json.dumps([c.bindir, c.tmpdir, c.uid, c.gid]), flush=True)

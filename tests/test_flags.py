@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from pytest_ledger_rollout.flags import (
+from pytest_ledger_rollout.checks.flags import (
     FILE,
     GLOBAL_ROW,
     HTTP,

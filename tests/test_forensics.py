@@ -13,10 +13,13 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.config import ConfigError, ForensicsConfig, UniqueSpec, load_config
-from pytest_ledger_rollout.forensics.fingerprint import Fingerprint, SchemaLog, fingerprint
-from pytest_ledger_rollout.forensics.history import History, fingerprint_history, scratch_database
-from pytest_ledger_rollout.forensics.preflight import (
+from pytest_ledger_rollout.checks.forensics.fingerprint import Fingerprint, SchemaLog, fingerprint
+from pytest_ledger_rollout.checks.forensics.history import (
+    History,
+    fingerprint_history,
+    scratch_database,
+)
+from pytest_ledger_rollout.checks.forensics.preflight import (
     check_downgrades,
     check_downgrades_proven,
     check_lock_hazards,
@@ -24,15 +27,20 @@ from pytest_ledger_rollout.forensics.preflight import (
     check_version_width,
     read_pending,
 )
-from pytest_ledger_rollout.forensics.remedy import (
+from pytest_ledger_rollout.checks.forensics.remedy import (
     check_drift_at_head,
     check_schema_state,
     read_state,
 )
-from pytest_ledger_rollout.forensics.snapshot import StaleSnapshot, load_snapshot, save_snapshot
-from pytest_ledger_rollout.migrations import AlembicProject
-from pytest_ledger_rollout.postgres import EphemeralServer
+from pytest_ledger_rollout.checks.forensics.snapshot import (
+    StaleSnapshot,
+    load_snapshot,
+    save_snapshot,
+)
+from pytest_ledger_rollout.checks.migrations import AlembicProject
+from pytest_ledger_rollout.config import ConfigError, ForensicsConfig, UniqueSpec, load_config
 from pytest_ledger_rollout.results import CheckResult, DodFailure
+from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .conftest import database_url
 from .support import CHAIN, HEAD, REFERENCE_BACKEND, RunPhase, ScenarioDb, write_config

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ledger_rollout.evidence import (
+from pytest_ledger_rollout.phases.signoff import (
     place_staged,
     signoff_paths,
     staged_html,

@@ -9,9 +9,9 @@ from typing import Any
 
 import pytest
 
-from pytest_ledger_rollout.metrics.counts import RateComparison, WindowCounts, compare_rates
-from pytest_ledger_rollout.metrics.decision import DEFAULT_POLICY, MismatchSignal
-from pytest_ledger_rollout.metrics.webhook_watch import DEFAULT_THRESHOLDS, rose
+from pytest_ledger_rollout.checks.metrics.counts import RateComparison, WindowCounts, compare_rates
+from pytest_ledger_rollout.checks.metrics.decision import DEFAULT_POLICY, MismatchSignal
+from pytest_ledger_rollout.checks.metrics.webhook_watch import DEFAULT_THRESHOLDS, rose
 
 NAN, INF = math.nan, math.inf
 SIGNAL = DEFAULT_POLICY.insufficient_funds

@@ -14,8 +14,9 @@ HEAVY = ("sqlalchemy", "alembic", "testcontainers", "requests", "docker", "psyco
 LIGHT = {
     "pytest_ledger_rollout",
     "pytest_ledger_rollout.plugin",
-    "pytest_ledger_rollout.options",
+    "pytest_ledger_rollout.plugin.options",
     "pytest_ledger_rollout.phases",
+    "pytest_ledger_rollout.phases.model",
 }
 
 LOADED_PROBE = f"""

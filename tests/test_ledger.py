@@ -7,7 +7,7 @@ import datetime as dt
 import pytest
 from sqlalchemy import text
 
-from pytest_ledger_rollout.ledger import (
+from pytest_ledger_rollout.checks.ledger import (
     LedgerTables,
     check_enforce_after_backfill,
     check_no_mismatch,

@@ -20,19 +20,19 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ledger_rollout.metrics import (
+from pytest_ledger_rollout.checks.metrics import (
     PrometheusClient,
     PrometheusError,
     WebhookWatchThresholds,
     webhook_401_watch,
 )
-from pytest_ledger_rollout.metrics.server import (
+from pytest_ledger_rollout.results import CheckResult
+from pytest_ledger_rollout.targets.prometheus_server import (
     INSTALL_HINT,
     PrometheusServer,
     Series,
     start_prometheus,
 )
-from pytest_ledger_rollout.results import CheckResult
 
 from .loopback_http import LoopbackHTTP, Reply
 from .support import require_prometheus

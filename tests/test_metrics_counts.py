@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from pytest_ledger_rollout.metrics import WindowCounts, binomial_sf, compare_rates
+from pytest_ledger_rollout.checks.metrics import WindowCounts, binomial_sf, compare_rates
 
 
 def direct_sf(k: int, n: int, p: float) -> float:

@@ -9,9 +9,15 @@ import pytest
 from sqlalchemy import event
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.flags import SQL, FlagRelation, FlagSourceConfig, FlagTable, read_flags
-from pytest_ledger_rollout.ledger import LedgerTables, check_no_mismatch
-from pytest_ledger_rollout.pilot import (
+from pytest_ledger_rollout.checks.flags import (
+    SQL,
+    FlagRelation,
+    FlagSourceConfig,
+    FlagTable,
+    read_flags,
+)
+from pytest_ledger_rollout.checks.ledger import LedgerTables, check_no_mismatch
+from pytest_ledger_rollout.checks.pilot import (
     RiskCriteria,
     TenantTables,
     check_enforce_after_tenant_backfill,

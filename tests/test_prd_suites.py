@@ -14,15 +14,15 @@ from pathlib import Path
 import pytest
 from sqlalchemy import Engine, text
 
+from pytest_ledger_rollout.checks.flags import SQL, FlagSourceConfig, read_flags
+from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
 from pytest_ledger_rollout.config import load_config
-from pytest_ledger_rollout.evidence import DECISION_FACT
-from pytest_ledger_rollout.flags import SQL, FlagSourceConfig, read_flags
-from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
-from pytest_ledger_rollout.phases import PHASES
-from pytest_ledger_rollout.postgres import EphemeralServer
-from pytest_ledger_rollout.rehearsal import RehearsalFailed, rehearse_production
-from pytest_ledger_rollout.session import ServiceEndpoints
-from pytest_ledger_rollout.targets import read_identity
+from pytest_ledger_rollout.phases.model import PHASES
+from pytest_ledger_rollout.phases.rehearsal import RehearsalFailed, rehearse_production
+from pytest_ledger_rollout.phases.signoff import DECISION_FACT
+from pytest_ledger_rollout.phases.target_session import ServiceEndpoints
+from pytest_ledger_rollout.targets.connection import read_identity
+from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .browser import visible_text
 from .loopback_http import LoopbackHTTP, Reply

@@ -14,13 +14,13 @@ from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
-from pytest_ledger_rollout import session as session_module
+from pytest_ledger_rollout.checks.flags import SQL, FlagSourceConfig, read_flags
 from pytest_ledger_rollout.config import ConfigError, SessionLimits, load_config
-from pytest_ledger_rollout.flags import SQL, FlagSourceConfig, read_flags
 from pytest_ledger_rollout.masking import Scrubber
-from pytest_ledger_rollout.phases import PHASES
-from pytest_ledger_rollout.session import TargetRefused, open_target_session
-from pytest_ledger_rollout.targets import (
+from pytest_ledger_rollout.phases import target_session as session_module
+from pytest_ledger_rollout.phases.model import PHASES
+from pytest_ledger_rollout.phases.target_session import TargetRefused, open_target_session
+from pytest_ledger_rollout.targets.connection import (
     ReadOnlyViolation,
     assert_read_only,
     check_role_privileges,

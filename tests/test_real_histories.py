@@ -27,9 +27,9 @@ import optuna.storages._rdb.models
 import pytest
 from sqlalchemy import Engine, text
 
+from pytest_ledger_rollout.checks.migrations import AlembicProject, EnvPyError
 from pytest_ledger_rollout.config import ConfigError, load_config
-from pytest_ledger_rollout.migrations import AlembicProject, EnvPyError
-from pytest_ledger_rollout.postgres import EphemeralServer
+from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .support import REPO, PhaseRun, RunPhase, ScenarioDb, cloned_database
 

@@ -22,7 +22,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.postgres import EphemeralServer
+from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .support import REFERENCE_BACKEND, ScenarioDb, cloned_database, flags_restored
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ledger_rollout.phases import PHASES
+from pytest_ledger_rollout.phases.model import PHASES
 
 from .browser import visible_text
 from .support import PhaseRun, RunPhase, ScenarioDb, write_config

@@ -20,10 +20,14 @@ from psycopg import sql
 from sqlalchemy.engine import make_url
 
 from pytest_ledger_rollout.masking import MIN_PREFIX, Scrubber, secret_forms
-from pytest_ledger_rollout.postgres import EphemeralSettings, EphemeralUnavailable, start_ephemeral
-from pytest_ledger_rollout.postgres.local import LocalServer
-from pytest_ledger_rollout.postgres.watchdog import child_environment
 from pytest_ledger_rollout.processes import free_port
+from pytest_ledger_rollout.targets.postgres import (
+    EphemeralSettings,
+    EphemeralUnavailable,
+    start_ephemeral,
+)
+from pytest_ledger_rollout.targets.postgres.local import LocalServer
+from pytest_ledger_rollout.targets.postgres.watchdog import child_environment
 
 from .support import CHAIN, PhaseRun, RunPhase, ScenarioDb, missing_component, write_config
 

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from pytest_ledger_rollout.phases import PHASES, Role
+from pytest_ledger_rollout.phases.model import PHASES, Role
 
 from .support import CHAIN, HEAD, RELEASE, REPO, PhaseRun, RunPhase, ScenarioDb, write_config
 

@@ -19,16 +19,16 @@ import requests
 from sqlalchemy import Engine, text
 
 from pytest_ledger_rollout.config import load_config
-from pytest_ledger_rollout.postgres import EphemeralServer
-from pytest_ledger_rollout.processes import free_port
-from pytest_ledger_rollout.rehearsal import (
+from pytest_ledger_rollout.phases.rehearsal import (
     RehearsalPlan,
     Traffic,
     rehearse_stg_roll,
     wallets_for_traffic,
 )
-from pytest_ledger_rollout.session import ServiceEndpoints
-from pytest_ledger_rollout.targets import read_identity
+from pytest_ledger_rollout.phases.target_session import ServiceEndpoints
+from pytest_ledger_rollout.processes import free_port
+from pytest_ledger_rollout.targets.connection import read_identity
+from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .support import (
     REFERENCE_BACKEND,

@@ -7,8 +7,8 @@ from sqlalchemy import text
 from sqlalchemy.exc import InternalError, OperationalError
 
 from pytest_ledger_rollout.config import SessionLimits
-from pytest_ledger_rollout.session import TargetRefused, require_destructive
-from pytest_ledger_rollout.targets import open_engine, prove_identity, read_identity
+from pytest_ledger_rollout.phases.target_session import TargetRefused, require_destructive
+from pytest_ledger_rollout.targets.connection import open_engine, prove_identity, read_identity
 
 from .support import ScenarioDb
 

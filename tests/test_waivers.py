@@ -11,10 +11,10 @@ from pathlib import Path
 import pytest
 from sqlalchemy import text
 
-from pytest_ledger_rollout.evidence import FAIL, PASS, CheckRecord, RunRecord
 from pytest_ledger_rollout.masking import Scrubber
-from pytest_ledger_rollout.phases import PHASES, Role
-from pytest_ledger_rollout.waivers import (
+from pytest_ledger_rollout.phases.model import PHASES, Role
+from pytest_ledger_rollout.phases.signoff import FAIL, PASS, CheckRecord, RunRecord
+from pytest_ledger_rollout.phases.waivers import (
     WAIVED,
     WAIVED_NOT_RUN,
     Waiver,

@@ -4,13 +4,11 @@ procedure ready, enforcement in general use. Read-only on production."""
 import pytest
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.config import RolloutConfig
-from pytest_ledger_rollout.fixtures import StepRecorder
-from pytest_ledger_rollout.flags import FlagRelation, FlagState
-from pytest_ledger_rollout.metrics.decision import RollbackPlan
-from pytest_ledger_rollout.migrations import AlembicProject, check_release_downgrades
-from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
-from pytest_ledger_rollout.pilot import (
+from pytest_ledger_rollout.checks.flags import FlagRelation, FlagState
+from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
+from pytest_ledger_rollout.checks.migrations import AlembicProject, check_release_downgrades
+from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
+from pytest_ledger_rollout.checks.pilot import (
     check_enforce_after_tenant_backfill,
     check_enforce_with_signature,
     check_enforced_backfill,
@@ -18,8 +16,10 @@ from pytest_ledger_rollout.pilot import (
     check_rollback_plan,
     check_waves,
 )
+from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.phases.target_session import TargetSession
+from pytest_ledger_rollout.plugin.fixtures import StepRecorder
 from pytest_ledger_rollout.results import CheckResult
-from pytest_ledger_rollout.session import TargetSession
 
 
 @pytest.mark.dod("4.0")

@@ -4,19 +4,19 @@ the OPS-02 decision to widen. Read-only on production; ends with GO, HOLD or ROL
 import pytest
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.config import RolloutConfig
-from pytest_ledger_rollout.fixtures import StepRecorder
-from pytest_ledger_rollout.flags import FlagRelation, FlagState
-from pytest_ledger_rollout.ledger import check_no_mismatch
-from pytest_ledger_rollout.metrics.decision import RollbackPlan
-from pytest_ledger_rollout.ops02 import check_decision, tenant_flips
-from pytest_ledger_rollout.pilot import (
+from pytest_ledger_rollout.checks.flags import FlagRelation, FlagState
+from pytest_ledger_rollout.checks.ledger import check_no_mismatch
+from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
+from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
+from pytest_ledger_rollout.checks.pilot import (
     candidates_report,
     check_pilot_flags,
     check_pilot_tenants,
 )
+from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.phases.target_session import TargetSession
+from pytest_ledger_rollout.plugin.fixtures import StepRecorder
 from pytest_ledger_rollout.results import CheckResult
-from pytest_ledger_rollout.session import TargetSession
 
 
 @pytest.mark.dod("3.0")

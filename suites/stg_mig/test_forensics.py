@@ -1,18 +1,16 @@
 """STG-MIG migration forensics: the pre-flights of step 1.2's upgrade (which revision the schema
 really matches and the remedy, and what the pending upgrade will do), drift at head (1.3) and
 the downgrades the smoke needs (1.4's pre-flight). Their roles and order come from the step
-model in ``pytest_ledger_rollout.phases``.
+model in ``pytest_ledger_rollout.phases.model``.
 
 Read-only on the target: catalog queries and set-based SQL only."""
 
 import pytest
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.config import RolloutConfig
-from pytest_ledger_rollout.fixtures import StepRecorder
-from pytest_ledger_rollout.forensics.fingerprint import fingerprint
-from pytest_ledger_rollout.forensics.history import History
-from pytest_ledger_rollout.forensics.preflight import (
+from pytest_ledger_rollout.checks.forensics.fingerprint import fingerprint
+from pytest_ledger_rollout.checks.forensics.history import History
+from pytest_ledger_rollout.checks.forensics.preflight import (
     PendingUpgrade,
     check_downgrades,
     check_downgrades_proven,
@@ -21,16 +19,22 @@ from pytest_ledger_rollout.forensics.preflight import (
     check_version_width,
     read_pending,
 )
-from pytest_ledger_rollout.forensics.remedy import (
+from pytest_ledger_rollout.checks.forensics.remedy import (
     check_drift_at_head,
     check_schema_state,
     read_state,
 )
-from pytest_ledger_rollout.forensics.snapshot import StaleSnapshot, history_for_run, walk_settings
-from pytest_ledger_rollout.migrations import AlembicProject
-from pytest_ledger_rollout.postgres import EphemeralUnavailable
+from pytest_ledger_rollout.checks.forensics.snapshot import (
+    StaleSnapshot,
+    history_for_run,
+    walk_settings,
+)
+from pytest_ledger_rollout.checks.migrations import AlembicProject
+from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.phases.target_session import TargetSession
+from pytest_ledger_rollout.plugin.fixtures import StepRecorder
 from pytest_ledger_rollout.results import DodFailure, Failure, passed
-from pytest_ledger_rollout.session import TargetSession
+from pytest_ledger_rollout.targets.postgres import EphemeralUnavailable
 
 
 @pytest.fixture(scope="session")
@@ -50,7 +54,7 @@ def history(
                 expected="a walk of the history on a throwaway Postgres, or a snapshot",
                 seen=str(exc),
                 remedy="Take a snapshot where Postgres runs (`python -m "
-                "pytest_ledger_rollout.forensics snapshot`) and set [forensics] snapshot.",
+                "pytest_ledger_rollout.checks.forensics snapshot`) and set [forensics] snapshot.",
             )
         ) from None
     except StaleSnapshot as stale:

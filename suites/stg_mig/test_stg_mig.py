@@ -3,10 +3,8 @@
 import pytest
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.config import RolloutConfig
-from pytest_ledger_rollout.fixtures import StepRecorder
-from pytest_ledger_rollout.hosts import check_app_sees_same_database
-from pytest_ledger_rollout.migrations import (
+from pytest_ledger_rollout.checks.app_hosts import check_app_sees_same_database
+from pytest_ledger_rollout.checks.migrations import (
     AlembicProject,
     check_current_not_empty,
     check_downgrade_upgrade_smoke,
@@ -14,10 +12,12 @@ from pytest_ledger_rollout.migrations import (
     check_single_head,
     check_upgrade_head,
 )
-from pytest_ledger_rollout.phases import STAGING
+from pytest_ledger_rollout.checks.schema import check_unique_constraint
+from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.phases.model import STAGING
+from pytest_ledger_rollout.phases.target_session import TargetSession
+from pytest_ledger_rollout.plugin.fixtures import StepRecorder
 from pytest_ledger_rollout.results import DodFailure, Failure
-from pytest_ledger_rollout.schema import check_unique_constraint
-from pytest_ledger_rollout.session import TargetSession
 
 
 @pytest.mark.dod("1.1")

@@ -4,19 +4,24 @@
 import pytest
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.config import RolloutConfig
-from pytest_ledger_rollout.fixtures import StepRecorder
-from pytest_ledger_rollout.flags import FlagState, check_flip_order, check_on_everywhere, flip_time
-from pytest_ledger_rollout.hosts import check_backfill_dry_run, check_external_command
-from pytest_ledger_rollout.ledger import (
+from pytest_ledger_rollout.checks.app_hosts import check_backfill_dry_run, check_external_command
+from pytest_ledger_rollout.checks.flags import (
+    FlagState,
+    check_flip_order,
+    check_on_everywhere,
+    flip_time,
+)
+from pytest_ledger_rollout.checks.ledger import (
     check_enforce_after_backfill,
     check_no_mismatch,
     last_backfill_write,
 )
-from pytest_ledger_rollout.metrics.webhook_watch import webhook_401_watch_from
+from pytest_ledger_rollout.checks.metrics.webhook_watch import webhook_401_watch_from
+from pytest_ledger_rollout.checks.smoke import run_withdrawals_smoke
+from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.phases.target_session import TargetSession
+from pytest_ledger_rollout.plugin.fixtures import StepRecorder
 from pytest_ledger_rollout.results import CheckResult
-from pytest_ledger_rollout.session import TargetSession
-from pytest_ledger_rollout.smoke import run_withdrawals_smoke
 
 
 @pytest.mark.dod("2.0")
