@@ -6,11 +6,8 @@ error before anything connects.
 
 from __future__ import annotations
 
-import configparser
 import hashlib
-import importlib.util
 import math
-import os
 import re
 import tomllib
 from dataclasses import dataclass, field, replace
@@ -18,7 +15,6 @@ from datetime import timedelta
 from decimal import Decimal
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit
 
 from pytest_ledger_rollout.checks.flags import (
     FILE,
@@ -28,6 +24,7 @@ from pytest_ledger_rollout.checks.flags import (
     FlagSourceConfig,
     FlagTable,
 )
+from pytest_ledger_rollout.checks.forensics.preflight import ForensicsConfig
 from pytest_ledger_rollout.checks.ledger import LedgerTables
 from pytest_ledger_rollout.checks.metrics.decision import DEFAULT_POLICY, DecisionPolicy, Verdict
 from pytest_ledger_rollout.checks.metrics.webhook_watch import (
@@ -35,9 +32,13 @@ from pytest_ledger_rollout.checks.metrics.webhook_watch import (
     MAX_WINDOW_S,
     WebhookWatchThresholds,
 )
+from pytest_ledger_rollout.checks.migrations import MigrationsConfig, script_location_problem
 from pytest_ledger_rollout.checks.pilot import RiskCriteria, TenantTables
+from pytest_ledger_rollout.checks.schema import UniqueSpec
 from pytest_ledger_rollout.checks.smoke import SmokeSettings
-from pytest_ledger_rollout.phases.model import EPHEMERAL, TARGET_KINDS
+from pytest_ledger_rollout.targets.connection import SessionLimits
+from pytest_ledger_rollout.targets.declared import Expectation, TargetConfig, url_port_problem
+from pytest_ledger_rollout.targets.kinds import EPHEMERAL, TARGET_KINDS
 from pytest_ledger_rollout.targets.postgres import EphemeralSettings
 
 EPHEMERAL_PROVIDERS = ("auto", "testcontainers", "local")
@@ -68,57 +69,6 @@ class ConfigError(ValueError):
 
 
 @dataclass(frozen=True)
-class MigrationsConfig:
-    alembic_ini: Path
-    expected_chain: tuple[str, ...]
-    baseline: str  # the revision an ephemeral target starts from
-    # How the schema before the first revision is made: "module:function" or "file.py:function"
-    # (called with a connection) or "file.sql"; None: the history starts from an empty database.
-    base_schema: str | None = None
-
-
-@dataclass(frozen=True)
-class UniqueSpec:
-    table: str
-    columns: tuple[str, ...]
-    name: str | None = None
-
-
-@dataclass(frozen=True)
-class Expectation:
-    host: str | None = None
-    database: str | None = None
-    # Addresses inet_server_addr() may report when the server sits behind a proxy or pooler.
-    server_addr: tuple[str, ...] = ()
-    # The cluster's pg_control_system().system_identifier: proves a server reached over a unix
-    # socket (where inet_server_addr() is NULL), and any other connection when given.
-    system_identifier: str | None = None
-
-
-@dataclass(frozen=True)
-class TargetConfig:
-    name: str
-    kind: str
-    database_url_env: str = "DATABASE_URL"
-    expect: Expectation = Expectation()
-    app_host: str | None = None  # testinfra host spec, e.g. kubectl://backend-0?namespace=staging
-    app_dir: str | None = None
-    service_url: str | None = None  # the ledger service's base URL (STG-ROLL smoke)
-    prometheus_url: str | None = None  # where its metrics are queried (2.3, 3.3)
-    webhook_secret_env: str = "LEDGER_WEBHOOK_SECRET"  # the smoke signs deposits with it
-    ephemeral: EphemeralSettings | None = None  # only for kind = "ephemeral"
-    # Refuse the run when the role could write to the ledger or flags tables.
-    require_read_only_role: bool = False
-
-
-@dataclass(frozen=True)
-class SessionLimits:
-    statement_timeout_ms: int = 30_000
-    lock_timeout_ms: int = 5_000
-    migration_lock_wait_ms: int = 10_000  # how long a second run waits for the migration lock
-
-
-@dataclass(frozen=True)
 class FlagsConfig:
     source: FlagSourceConfig = DEFAULT_FLAG_SOURCE
     order: tuple[str, ...] = ROLLOUT_FLAGS  # the runbook's flip order
@@ -140,15 +90,6 @@ class BackfillConfig:
         "python -m backend.scripts.backfill_wallet_balances --dry-run --batch-size 1000"
     )
     nothing_to_change: str = r"(?m)^total: .*\b0 entries\b"
-
-
-@dataclass(frozen=True)
-class ForensicsConfig:
-    ignore_tables: tuple[str, ...] = ()  # fnmatch patterns: tables owned by other services
-    snapshot: Path | None = None  # fingerprint snapshot, used instead of an ephemeral walk
-    large_table_rows: int = 100_000  # a lock finding on a table this big fails the pre-flight
-    large_table_bytes: int = 1 << 30  # ... or this big (covers never-analyzed tables)
-    duplicate_groups_shown: int = 10
 
 
 @dataclass(frozen=True)
@@ -197,6 +138,12 @@ class RolloutConfig:
     forensics: ForensicsConfig = field(default_factory=ForensicsConfig)
     signoff: SignoffConfig = field(default_factory=SignoffConfig)
 
+    def walk_settings(self) -> EphemeralSettings:
+        """The throwaway server for a walk of the history: the ephemeral target's settings,
+        else defaults."""
+        local = self.targets.get(self.default_target() or "")
+        return (local.ephemeral if local else None) or EphemeralSettings()
+
     def default_target(self) -> str | None:
         return next((t.name for t in self.targets.values() if t.kind == EPHEMERAL), None)
 
@@ -228,15 +175,6 @@ _SESSION_CONTROL = frozenset(
         "START",
     ]
 )
-
-
-def url_port_problem(url: str) -> str | None:
-    """Why the port in ``url`` is impossible, or None (no port, or 1..65535)."""
-    try:
-        port = urlsplit(url).port
-    except ValueError as exc:
-        return f"invalid URL ({exc}): write a port in 1..65535"
-    return "port 0 is not a port: write a port in 1..65535" if port == 0 else None
 
 
 def session_control_problem(sql: str) -> str | None:
@@ -436,33 +374,6 @@ def _base_schema(table: _Table, value: str | None, base: Path) -> str | None:
             f"{value!r}: expected 'package.module:function', 'file.py:function' or 'file.sql'",
         )
     return f"{path}:{function}" if colon else path
-
-
-def script_location_problem(alembic_ini: Path) -> str | None:
-    """Why the ini's script_location names no folder (None when it does). A relative location
-    is looked up against the current directory, as Alembic does, then against the ini's folder
-    (where `alembic` is run from)."""
-    parser = configparser.ConfigParser(defaults={"here": str(alembic_ini.parent)})
-    try:
-        parser.read(alembic_ini, encoding="utf-8")
-        location = parser.get("alembic", "script_location", fallback=None)
-    except configparser.Error as exc:
-        return f"{alembic_ini} cannot be read as an ini file ({exc})"
-    if not location:
-        return f"{alembic_ini} has no script_location in its [alembic] section"
-    if ":" in location and not os.path.isabs(location):
-        package = location.split(":")[0]
-        if importlib.util.find_spec(package.split(".")[0]) is None:
-            return f"script_location {location!r}: package {package!r} is not installed"
-        return None
-    if Path(location).is_dir() or (alembic_ini.parent / location).is_dir():
-        return None
-    return (
-        f"script_location {location!r} of {alembic_ini} names no folder: looked up at "
-        f"{Path(location).absolute()} (the current directory) and {alembic_ini.parent / location} "
-        "(the ini's folder). Relative locations resolve against the ini's folder; write "
-        "%(here)s/<folder> to be explicit."
-    )
 
 
 def _unique(root: _Table) -> tuple[UniqueSpec, ...]:

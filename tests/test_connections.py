@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.targets.connection import ServerIdentity, prove_identity
+from pytest_ledger_rollout.targets.identity import ServerIdentity, prove_identity
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .support import CHAIN, RunPhase, ScenarioDb, write_config

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 from sqlalchemy import create_engine
 
-from pytest_ledger_rollout.targets.connection import prove_identity, read_identity
+from pytest_ledger_rollout.targets.identity import prove_identity, read_identity
 from pytest_ledger_rollout.targets.postgres import (
     EphemeralServer,
     EphemeralSettings,

@@ -20,6 +20,7 @@ from pytest_ledger_rollout.checks.forensics.history import (
     scratch_database,
 )
 from pytest_ledger_rollout.checks.forensics.preflight import (
+    ForensicsConfig,
     check_downgrades,
     check_downgrades_proven,
     check_lock_hazards,
@@ -38,7 +39,8 @@ from pytest_ledger_rollout.checks.forensics.snapshot import (
     save_snapshot,
 )
 from pytest_ledger_rollout.checks.migrations import AlembicProject
-from pytest_ledger_rollout.config import ConfigError, ForensicsConfig, UniqueSpec, load_config
+from pytest_ledger_rollout.checks.schema import UniqueSpec
+from pytest_ledger_rollout.config import ConfigError, load_config
 from pytest_ledger_rollout.results import CheckResult, DodFailure
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
 

@@ -17,6 +17,8 @@ LIGHT = {
     "pytest_ledger_rollout.plugin.options",
     "pytest_ledger_rollout.phases",
     "pytest_ledger_rollout.phases.model",
+    "pytest_ledger_rollout.targets",
+    "pytest_ledger_rollout.targets.kinds",
 }
 
 LOADED_PROBE = f"""

@@ -15,13 +15,12 @@ import pytest
 from sqlalchemy import Engine, text
 
 from pytest_ledger_rollout.checks.flags import SQL, FlagSourceConfig, read_flags
-from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
+from pytest_ledger_rollout.checks.ops02 import DECISION_FACT, check_decision, tenant_flips
 from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.phases.model import PHASES
 from pytest_ledger_rollout.phases.rehearsal import RehearsalFailed, rehearse_production
-from pytest_ledger_rollout.phases.signoff import DECISION_FACT
 from pytest_ledger_rollout.phases.target_session import ServiceEndpoints
-from pytest_ledger_rollout.targets.connection import read_identity
+from pytest_ledger_rollout.targets.identity import read_identity
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .browser import visible_text

@@ -15,18 +15,22 @@ from sqlalchemy.engine import make_url
 from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 
 from pytest_ledger_rollout.checks.flags import SQL, FlagSourceConfig, read_flags
-from pytest_ledger_rollout.config import ConfigError, SessionLimits, load_config
+from pytest_ledger_rollout.config import ConfigError, load_config
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases import target_session as session_module
 from pytest_ledger_rollout.phases.model import PHASES
-from pytest_ledger_rollout.phases.target_session import TargetRefused, open_target_session
+from pytest_ledger_rollout.phases.target_session import (
+    TargetRefused,
+    open_target_session,
+    resolve_target,
+    write_guarded_tables,
+)
 from pytest_ledger_rollout.targets.connection import (
     ReadOnlyViolation,
+    SessionLimits,
     assert_read_only,
     check_role_privileges,
     open_engine,
-    resolve_target,
-    write_guarded_tables,
 )
 
 from .support import REPO, RunPhase, ScenarioDb, write_config

@@ -27,7 +27,7 @@ from pytest_ledger_rollout.phases.rehearsal import (
 )
 from pytest_ledger_rollout.phases.target_session import ServiceEndpoints
 from pytest_ledger_rollout.processes import free_port
-from pytest_ledger_rollout.targets.connection import read_identity
+from pytest_ledger_rollout.targets.identity import read_identity
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .support import (

@@ -6,9 +6,9 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import InternalError, OperationalError
 
-from pytest_ledger_rollout.config import SessionLimits
 from pytest_ledger_rollout.phases.target_session import TargetRefused, require_destructive
-from pytest_ledger_rollout.targets.connection import open_engine, prove_identity, read_identity
+from pytest_ledger_rollout.targets.connection import SessionLimits, open_engine
+from pytest_ledger_rollout.targets.identity import prove_identity, read_identity
 
 from .support import ScenarioDb
 

@@ -4,6 +4,7 @@ connection the plugin owns (so session timeouts and the migration lock apply), d
 
 from __future__ import annotations
 
+import configparser
 import importlib
 import importlib.util
 import os
@@ -21,8 +22,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
-from pytest_ledger_rollout.checks.schema import check_unique_constraint, snapshot
-from pytest_ledger_rollout.config import MigrationsConfig, UniqueSpec, script_location_problem
+from pytest_ledger_rollout.checks.schema import UniqueSpec, check_unique_constraint, snapshot
 from pytest_ledger_rollout.results import CheckResult, Evidence, Failure, failed, passed
 
 
@@ -309,8 +309,16 @@ def check_current_not_empty(project: AlembicProject, connection: Connection) -> 
     )
 
 
-def check_upgrade_head(project: AlembicProject, connection: Connection) -> CheckResult:
-    """Runbook 1.2: `alembic upgrade head` finishes without error and current is head after."""
+StampHint = Callable[[Sequence[str]], str | None]
+
+
+def check_upgrade_head(
+    project: AlembicProject, connection: Connection, stamp_hint: StampHint | None = None
+) -> CheckResult:
+    """Runbook 1.2: `alembic upgrade head` finishes without error and current is head after.
+
+    ``stamp_hint`` names the revision to stamp when objects of later revisions already exist
+    (the forensics' ``live_stamp_hint``)."""
     before = project.current(connection)
     head = project.heads()[-1]
     start = ", ".join(before) or "base"
@@ -327,7 +335,8 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
     except MigrationError as exc:
         evidence = Evidence("alembic upgrade head", f"from {start}\n{exc}")
         if "already exists" in exc.error:
-            return failed(_drift_failure(project, connection, before, str(exc)), evidence)
+            hint = stamp_hint(before) if stamp_hint else None
+            return failed(_drift_failure(project, before, str(exc), hint), evidence)
         return failed(
             Failure(
                 f"`alembic upgrade head` failed in revision {exc.revision}",
@@ -365,7 +374,7 @@ def check_upgrade_head(project: AlembicProject, connection: Connection) -> Check
 
 
 def _drift_failure(
-    project: AlembicProject, connection: Connection, before: tuple[str, ...], message: str
+    project: AlembicProject, before: tuple[str, ...], message: str, hint: str | None
 ) -> Failure:
     claimed = ", ".join(before) or "base (no alembic_version row)"
     chain = project.chain_to(project.heads()[-1])
@@ -384,21 +393,9 @@ def _drift_failure(
             "2. Controlled: `alembic stamp <rev>` with <rev> the newest pending revision whose "
             "objects all exist already (check each one in psql first), then "
             "`alembic upgrade head`.\n"
-            f"Pending revisions, oldest first: {', '.join(pending)}"
-            + _stamp_hint(project, connection, before)
+            f"Pending revisions, oldest first: {', '.join(pending)}" + (f"\n{hint}" if hint else "")
         ),
     )
-
-
-def _stamp_hint(project: AlembicProject, connection: Connection, before: tuple[str, ...]) -> str:
-    """The exact revision to stamp, when this run's fingerprints prove one (read-only)."""
-    # Imported here: the forensics build on this module.
-    from pytest_ledger_rollout.checks.forensics.fingerprint import fingerprint
-    from pytest_ledger_rollout.checks.forensics.remedy import stamp_hint
-    from pytest_ledger_rollout.checks.forensics.snapshot import cached_history
-
-    hint = stamp_hint(cached_history(project), fingerprint(connection), before)
-    return f"\n{hint}" if hint else ""
 
 
 def check_downgrade_upgrade_smoke(
@@ -642,3 +639,40 @@ def _base_schema_function(spec: str) -> Callable[[Connection], None]:
         module = importlib.import_module(where)
     function: Callable[[Connection], None] = getattr(module, name)
     return function
+
+
+@dataclass(frozen=True)
+class MigrationsConfig:
+    alembic_ini: Path
+    expected_chain: tuple[str, ...]
+    baseline: str  # the revision an ephemeral target starts from
+    # How the schema before the first revision is made: "module:function" or "file.py:function"
+    # (called with a connection) or "file.sql"; None: the history starts from an empty database.
+    base_schema: str | None = None
+
+
+def script_location_problem(alembic_ini: Path) -> str | None:
+    """Why the ini's script_location names no folder (None when it does). A relative location
+    is looked up against the current directory, as Alembic does, then against the ini's folder
+    (where `alembic` is run from)."""
+    parser = configparser.ConfigParser(defaults={"here": str(alembic_ini.parent)})
+    try:
+        parser.read(alembic_ini, encoding="utf-8")
+        location = parser.get("alembic", "script_location", fallback=None)
+    except configparser.Error as exc:
+        return f"{alembic_ini} cannot be read as an ini file ({exc})"
+    if not location:
+        return f"{alembic_ini} has no script_location in its [alembic] section"
+    if ":" in location and not os.path.isabs(location):
+        package = location.split(":")[0]
+        if importlib.util.find_spec(package.split(".")[0]) is None:
+            return f"script_location {location!r}: package {package!r} is not installed"
+        return None
+    if Path(location).is_dir() or (alembic_ini.parent / location).is_dir():
+        return None
+    return (
+        f"script_location {location!r} of {alembic_ini} names no folder: looked up at "
+        f"{Path(location).absolute()} (the current directory) and {alembic_ini.parent / location} "
+        "(the ini's folder). Relative locations resolve against the ini's folder; write "
+        "%(here)s/<folder> to be explicit."
+    )

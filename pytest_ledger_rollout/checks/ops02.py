@@ -15,8 +15,9 @@ from pytest_ledger_rollout.checks.metrics.decision import (
     to_check_result,
 )
 from pytest_ledger_rollout.checks.metrics.prometheus import PrometheusClient
-from pytest_ledger_rollout.phases.signoff import DECISION_FACT
 from pytest_ledger_rollout.results import CheckResult, Failure, failed
+
+DECISION_FACT = "OPS-02 decision"  # the environment fact a deciding phase's 3.3 records
 
 
 def tenant_flips(

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.config import UniqueSpec
 from pytest_ledger_rollout.results import CheckResult, Evidence, Failure, failed, passed
 
 _TABLE_COLUMNS = text(
@@ -176,3 +175,10 @@ def snapshot(connection: Connection) -> SchemaSnapshot:
     return SchemaSnapshot(
         frozenset((r[0], r[1], r[2]) for r in rows if not r[1].startswith("alembic_version"))
     )
+
+
+@dataclass(frozen=True)
+class UniqueSpec:
+    table: str
+    columns: tuple[str, ...]
+    name: str | None = None

@@ -12,16 +12,13 @@ from __future__ import annotations
 import enum
 from dataclasses import dataclass
 
-EPHEMERAL, STAGING, PRODUCTION = "ephemeral", "staging", "production"
-TARGET_KINDS = (EPHEMERAL, STAGING, PRODUCTION)
-# Kinds on which upgrade / downgrade / stamp may ever run.
-DESTRUCTIVE_KINDS = frozenset({EPHEMERAL, STAGING})
-EVERY_KIND = frozenset(TARGET_KINDS)
-TARGET_WORDS = {
-    EPHEMERAL: "a throwaway Postgres (REHEARSAL)",
-    STAGING: "staging",
-    PRODUCTION: "production (read-only)",
-}
+from pytest_ledger_rollout.targets.kinds import (
+    EPHEMERAL,
+    EVERY_KIND,
+    PRODUCTION,
+    STAGING,
+    TARGET_WORDS,
+)
 
 
 class Role(enum.StrEnum):

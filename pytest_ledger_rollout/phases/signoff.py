@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ledger_rollout import __version__
+from pytest_ledger_rollout.checks.ops02 import DECISION_FACT
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases.model import Phase, Role, Step
 from pytest_ledger_rollout.phases.provenance import RepositoryState
@@ -21,7 +22,6 @@ from pytest_ledger_rollout.phases.waivers import WAIVED, Waiver, waived_outcome
 from pytest_ledger_rollout.results import Evidence, Failure
 
 PASS, FAIL, INCOMPLETE, INTERRUPTED = "PASS", "FAIL", "INCOMPLETE", "INTERRUPTED"
-DECISION_FACT = "OPS-02 decision"  # the environment fact a deciding phase's 3.3 records
 PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
 NOT_ATTEMPTED = "not attempted"  # how a check the step model held back says why
 SCHEMA_VERSION = 2  # of the sign-off JSON; chain.py validates against it

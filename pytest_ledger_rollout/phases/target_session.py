@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
@@ -15,6 +15,7 @@ from sqlalchemy import Engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.exc import DBAPIError, OperationalError
 
+from pytest_ledger_rollout.checks.flags import SQL
 from pytest_ledger_rollout.checks.metrics.webhook_watch import WebhookWatchThresholds
 from pytest_ledger_rollout.checks.migrations import (
     AlembicProject,
@@ -25,20 +26,22 @@ from pytest_ledger_rollout.checks.migrations import (
 )
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.masking import Scrubber, mask_url
-from pytest_ledger_rollout.phases.model import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION, Phase
+from pytest_ledger_rollout.phases.model import Phase
 from pytest_ledger_rollout.results import CheckResult, DodFailure, Failure
 from pytest_ledger_rollout.targets.connection import (
     ReadOnlyViolation,
-    ResolvedTarget,
-    ServerIdentity,
     check_role_privileges,
     connection_failure,
     open_engine,
-    prove_identity,
-    read_identity,
-    url_overrides,
-    write_guarded_tables,
 )
+from pytest_ledger_rollout.targets.declared import (
+    ResolvedTarget,
+    TargetError,
+    database_url,
+    url_overrides,
+)
+from pytest_ledger_rollout.targets.identity import ServerIdentity, prove_identity, read_identity
+from pytest_ledger_rollout.targets.kinds import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION
 from pytest_ledger_rollout.targets.postgres import (
     EphemeralServer,
     EphemeralSettings,
@@ -359,3 +362,42 @@ def _lock_holder(connection: Connection) -> str:
         f"held by pid {row.pid} ({row.application_name or 'no application_name'}, "
         f"client {row.client_addr or 'local socket'}, connected since {row.backend_start})"
     )
+
+
+def resolve_target(
+    config: RolloutConfig, phase: Phase, name: str | None, environ: Mapping[str, str]
+) -> ResolvedTarget:
+    chosen = name or config.default_target()
+    if chosen is None:
+        raise TargetError(
+            f"no --target given and {config.path} declares no ephemeral target: "
+            f"pass --target=NAME (one of {', '.join(config.targets)})"
+        )
+    target = config.targets.get(chosen)
+    if target is None:
+        raise TargetError(
+            f"unknown target {chosen!r}: use one of {', '.join(config.targets)} "
+            f"or declare [targets.{chosen}] in {config.path}"
+        )
+    if target.kind not in phase.allowed_kinds:
+        raise TargetError(
+            f"phase {phase.name} may not run against {target.kind} target {chosen!r}: "
+            f"it runs on {' or '.join(sorted(phase.allowed_kinds))} targets only"
+        )
+    if target.kind == EPHEMERAL:
+        return ResolvedTarget(target, None)
+    if phase.signs_webhooks and not environ.get(target.webhook_secret_env):
+        raise TargetError(
+            f"phase {phase.name} signs webhooks for target {chosen!r} with the secret in "
+            f"${target.webhook_secret_env}, which is unset: export {target.webhook_secret_env} "
+            f"(or name another variable in [targets.{chosen}] webhook_secret_env)"
+        )
+    return ResolvedTarget(target, database_url(target, environ))
+
+
+def write_guarded_tables(config: RolloutConfig) -> tuple[str, ...]:
+    """The tables a production role must not be able to write: the ledger's, and the flags'
+    where they live in the database."""
+    source = config.flags.source
+    flags = (source.table.table,) if source.kind == SQL else ()
+    return (config.ledger.wallets, config.ledger.entries, *flags)

@@ -10,7 +10,6 @@ from sqlalchemy.engine import Connection
 
 from pytest_ledger_rollout.checks.flags import FlagRelation, FlagSourceError, FlagState, read_flags
 from pytest_ledger_rollout.checks.forensics.history import scratch_database
-from pytest_ledger_rollout.checks.forensics.snapshot import walk_settings
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.phases.chain import check_predecessor
@@ -168,7 +167,7 @@ def scratch_connection(
         if rollout_target.ephemeral is not None:
             server_url = rollout_target.ephemeral.url
         else:
-            server = stack.enter_context(start_ephemeral(walk_settings(rollout_config)))
+            server = stack.enter_context(start_ephemeral(rollout_config.walk_settings()))
             _run_state(request).scrubber.register(server.password)
             server_url = server.url
         yield stack.enter_context(scratch_database(server_url))

@@ -22,14 +22,7 @@ from pytest_ledger_rollout import __version__
 from pytest_ledger_rollout.config import ConfigError, load_config
 from pytest_ledger_rollout.masking import Scrubber, mask_url
 from pytest_ledger_rollout.phases.chain import SigningError, sign_signoff
-from pytest_ledger_rollout.phases.model import (
-    EPHEMERAL,
-    PHASES,
-    ROLE_ORDER,
-    TEAM_ROLES,
-    Phase,
-    Role,
-)
+from pytest_ledger_rollout.phases.model import PHASES, ROLE_ORDER, TEAM_ROLES, Phase, Role
 from pytest_ledger_rollout.phases.provenance import RepositoryState, repository_state
 from pytest_ledger_rollout.phases.rehearsal import (
     RehearsalFailed,
@@ -52,6 +45,7 @@ from pytest_ledger_rollout.phases.signoff import (
 from pytest_ledger_rollout.phases.target_session import (
     TargetRefused,
     open_target_session,
+    resolve_target,
     start_in_background,
 )
 from pytest_ledger_rollout.phases.waivers import SKIP_REASON, WaiverError, load_waivers
@@ -73,7 +67,8 @@ from pytest_ledger_rollout.plugin.state import (
     RunState,
 )
 from pytest_ledger_rollout.results import DodFailure, Evidence, Failure
-from pytest_ledger_rollout.targets.connection import TargetError, resolve_target
+from pytest_ledger_rollout.targets.declared import TargetError
+from pytest_ledger_rollout.targets.kinds import EPHEMERAL
 from pytest_ledger_rollout.targets.postgres import EphemeralUnavailable
 from pytest_ledger_rollout.targets.prometheus_server import PrometheusUnavailable
 

@@ -15,7 +15,7 @@ from pytest_ledger_rollout.phases.model import Check, Phase, Role, Step
 from pytest_ledger_rollout.phases.signoff import RunRecord, SignoffPaths
 from pytest_ledger_rollout.phases.target_session import TargetSession
 from pytest_ledger_rollout.results import Evidence
-from pytest_ledger_rollout.targets.connection import ResolvedTarget
+from pytest_ledger_rollout.targets.declared import ResolvedTarget
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 

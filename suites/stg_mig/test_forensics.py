@@ -27,7 +27,6 @@ from pytest_ledger_rollout.checks.forensics.remedy import (
 from pytest_ledger_rollout.checks.forensics.snapshot import (
     StaleSnapshot,
     history_for_run,
-    walk_settings,
 )
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.config import RolloutConfig
@@ -45,7 +44,7 @@ def history(
     own = rollout_target.ephemeral.url if rollout_target.ephemeral else None
     try:
         return history_for_run(
-            alembic_project, rollout_config.forensics, walk_settings(rollout_config), own
+            alembic_project, rollout_config.forensics, rollout_config.walk_settings(), own
         )
     except EphemeralUnavailable as exc:
         raise DodFailure(
@@ -53,8 +52,8 @@ def history(
                 "No fingerprints of the migration history: no throwaway Postgres could start",
                 expected="a walk of the history on a throwaway Postgres, or a snapshot",
                 seen=str(exc),
-                remedy="Take a snapshot where Postgres runs (`python -m "
-                "pytest_ledger_rollout.checks.forensics snapshot`) and set [forensics] snapshot.",
+                remedy="Take a snapshot where Postgres runs (`python -m pytest_ledger_rollout "
+                "snapshot`) and set [forensics] snapshot.",
             )
         ) from None
     except StaleSnapshot as stale:

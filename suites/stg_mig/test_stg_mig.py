@@ -4,6 +4,7 @@ import pytest
 from sqlalchemy.engine import Connection
 
 from pytest_ledger_rollout.checks.app_hosts import check_app_sees_same_database
+from pytest_ledger_rollout.checks.forensics.remedy import live_stamp_hint
 from pytest_ledger_rollout.checks.migrations import (
     AlembicProject,
     check_current_not_empty,
@@ -14,10 +15,10 @@ from pytest_ledger_rollout.checks.migrations import (
 )
 from pytest_ledger_rollout.checks.schema import check_unique_constraint
 from pytest_ledger_rollout.config import RolloutConfig
-from pytest_ledger_rollout.phases.model import STAGING
 from pytest_ledger_rollout.phases.target_session import TargetSession
 from pytest_ledger_rollout.plugin.fixtures import StepRecorder
 from pytest_ledger_rollout.results import DodFailure, Failure
+from pytest_ledger_rollout.targets.kinds import STAGING
 
 
 @pytest.mark.dod("1.1")
@@ -92,7 +93,8 @@ def test_upgrade_head(
     migration_connection: Connection, alembic_project: AlembicProject, evidence: StepRecorder
 ) -> None:
     """`alembic upgrade head` finishes without error and current is head"""
-    evidence.check(check_upgrade_head(alembic_project, migration_connection))
+    hint = live_stamp_hint(alembic_project, migration_connection)
+    evidence.check(check_upgrade_head(alembic_project, migration_connection, hint))
 
 
 @pytest.mark.dod("1.3")

@@ -25,8 +25,7 @@ from sqlalchemy.engine import Connection
 from pytest_ledger_rollout.checks.forensics.fingerprint import VERSION_TABLE
 from pytest_ledger_rollout.checks.forensics.history import History
 from pytest_ledger_rollout.checks.migrations import AlembicProject
-from pytest_ledger_rollout.checks.schema import table_columns, unique_objects
-from pytest_ledger_rollout.config import ForensicsConfig, UniqueSpec
+from pytest_ledger_rollout.checks.schema import UniqueSpec, table_columns, unique_objects
 from pytest_ledger_rollout.results import CheckResult, Evidence, Failure, failed, passed
 
 ALEMBIC_DEFAULT_WIDTH = 32  # Alembic creates version_num as VARCHAR(32)
@@ -584,3 +583,12 @@ def check_downgrades_proven(history: History, revisions: Sequence[str]) -> Check
         ),
         record,
     )
+
+
+@dataclass(frozen=True)
+class ForensicsConfig:
+    ignore_tables: tuple[str, ...] = ()  # fnmatch patterns: tables owned by other services
+    snapshot: Path | None = None  # fingerprint snapshot, used instead of an ephemeral walk
+    large_table_rows: int = 100_000  # a lock finding on a table this big fails the pre-flight
+    large_table_bytes: int = 1 << 30  # ... or this big (covers never-analyzed tables)
+    duplicate_groups_shown: int = 10

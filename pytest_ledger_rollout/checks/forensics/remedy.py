@@ -8,9 +8,12 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
-from pytest_ledger_rollout.checks.forensics.fingerprint import Difference, Fingerprint
+from sqlalchemy.engine import Connection
+
+from pytest_ledger_rollout.checks.forensics.fingerprint import Difference, Fingerprint, fingerprint
 from pytest_ledger_rollout.checks.forensics.history import History
-from pytest_ledger_rollout.phases.model import PRODUCTION
+from pytest_ledger_rollout.checks.forensics.snapshot import cached_history
+from pytest_ledger_rollout.checks.migrations import AlembicProject, StampHint
 from pytest_ledger_rollout.results import (
     CheckResult,
     Evidence,
@@ -19,6 +22,7 @@ from pytest_ledger_rollout.results import (
     passed,
     table_evidence,
 )
+from pytest_ledger_rollout.targets.kinds import PRODUCTION
 
 BASE = "base"  # the empty schema before the first revision
 
@@ -232,3 +236,9 @@ def stamp_hint(history: History | None, live: Fingerprint, claimed: Sequence[str
         f"0 differences): the revision to stamp is {state.matched[0]} "
         f"(`alembic stamp {state.matched[0]}` then `alembic upgrade head`)."
     )
+
+
+def live_stamp_hint(project: AlembicProject, connection: Connection) -> StampHint:
+    """``check_upgrade_head``'s stamp hint: this process's walk against the live schema
+    (read-only, no new walk)."""
+    return lambda claimed: stamp_hint(cached_history(project), fingerprint(connection), claimed)

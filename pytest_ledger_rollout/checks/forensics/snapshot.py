@@ -13,8 +13,8 @@ from pytest_ledger_rollout.checks.forensics.history import (
     fingerprint_history,
     scripts_sha256,
 )
+from pytest_ledger_rollout.checks.forensics.preflight import ForensicsConfig
 from pytest_ledger_rollout.checks.migrations import AlembicProject
-from pytest_ledger_rollout.config import ForensicsConfig, RolloutConfig
 from pytest_ledger_rollout.targets.postgres import EphemeralSettings, start_ephemeral
 
 FORMAT = 1
@@ -60,7 +60,7 @@ def load_snapshot(path: Path, project: AlembicProject) -> History:
         raise StaleSnapshot(
             f"{path} was taken from other migration scripts (scripts sha256 "
             f"{history.scripts_sha256[:12]}, these are {current[:12]}): regenerate it with "
-            "`python -m pytest_ledger_rollout.checks.forensics snapshot`"
+            "`python -m pytest_ledger_rollout snapshot`"
         )
     return history
 
@@ -94,9 +94,3 @@ def history_for_run(
 def cached_history(project: AlembicProject) -> History | None:
     """The fingerprints this process already walked for these scripts (no new walk)."""
     return _WALKED.get(scripts_sha256(project))
-
-
-def walk_settings(config: RolloutConfig) -> EphemeralSettings:
-    """The throwaway server for a walk: the config's ephemeral target's settings, else defaults."""
-    local = config.targets.get(config.default_target() or "")
-    return (local.ephemeral if local else None) or EphemeralSettings()

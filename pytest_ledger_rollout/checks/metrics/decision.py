@@ -33,10 +33,10 @@ from pytest_ledger_rollout.checks.metrics.prometheus import (
     iso_utc,
 )
 from pytest_ledger_rollout.checks.metrics.webhook_watch import (
-    _duration,
     check_rate_test,
     check_window,
     rose,
+    window_text,
 )
 from pytest_ledger_rollout.results import (
     CheckResult,
@@ -283,7 +283,7 @@ def decide(
     if any(when.tzinfo is None for when in (at, *flips.values())):
         raise ValueError("the evaluation and flip times must be timezone-aware")
     reader = _Reader(client, pilots, controls)
-    current = _Window(at, policy.window, f"the last {_duration(policy.window)}")
+    current = _Window(at, policy.window, f"the last {window_text(policy.window)}")
     baselines, unplaced = _place(pilots, flips, current, policy, now or datetime.now(UTC))
     windows = [current, *sorted(set(baselines.values()), key=lambda w: w.end)]
     whose = {w: [t for t in pilots if w in (current, baselines.get(t))] for w in windows}
@@ -369,7 +369,7 @@ def _place(
                 f"{iso_utc(flip + current.length)}"
             )
         else:
-            label = f"the {_duration(policy.baseline_window)} before its flip"
+            label = f"the {window_text(policy.baseline_window)} before its flip"
             baselines[tenant] = _Window(flip, policy.baseline_window, label)
     return baselines, unplaced
 
@@ -523,7 +523,7 @@ class _Reader:
     def _query(
         self, template: str, window: _Window, key: tuple[str, ...], allow_empty: bool
     ) -> dict[tuple[str, ...], float]:
-        promql = Template(template).substitute(self._matchers, window=_duration(window.length))
+        promql = Template(template).substitute(self._matchers, window=window_text(window.length))
         self.queries += 1
         try:
             vector = self._client.query(promql, window.end, key=key, allow_empty=allow_empty)
@@ -636,8 +636,8 @@ def _p(p: float) -> str:
 
 def _policy_lines(policy: DecisionPolicy) -> list[str]:
     lines = [
-        f"window {_duration(policy.window)} up to the evaluation time; baseline "
-        f"{_duration(policy.baseline_window)} before each flip",
+        f"window {window_text(policy.window)} up to the evaluation time; baseline "
+        f"{window_text(policy.baseline_window)} before each flip",
         f"scrape probe: {policy.scrape_up_query}",
     ]
     for s in policy.rate_signals:

@@ -122,7 +122,7 @@ def webhook_401_watch(
         return failed(
             Failure(
                 "The 401 watch window after the flip is not over yet",
-                expected=f"{_duration(t.after_window)} of traffic after the flip "
+                expected=f"{window_text(t.after_window)} of traffic after the flip "
                 f"at {iso_utc(flip_at)}",
                 seen=f"it is {iso_utc(now)}; the window ends at {iso_utc(after_end)}",
                 remedy=f"Rerun step 2.3 after {iso_utc(after_end)}.",
@@ -193,7 +193,7 @@ def _counts(
     evidence: list[Evidence],
 ) -> WindowCounts:
     """The window ending at ``at``: (401s, webhook requests), each from one query."""
-    duration = _duration(window)
+    duration = window_text(window)
 
     def count(template: str, allow_empty: bool) -> int:
         promql = Template(template).substitute(window=duration)
@@ -234,9 +234,9 @@ def _figures(c: RateComparison, t: WebhookWatchThresholds, flip_at: datetime) ->
     return "\n".join(
         [
             f"flip at {iso_utc(flip_at)}",
-            f"before ({_duration(t.before_window)} up to the flip): {c.before.errors} of "
+            f"before ({window_text(t.before_window)} up to the flip): {c.before.errors} of "
             f"{c.before.requests} webhook requests answered 401 ({c.before.share:.3%})",
-            f"after ({_duration(t.after_window)} from the flip): {c.after.errors} of "
+            f"after ({window_text(t.after_window)} from the flip): {c.after.errors} of "
             f"{c.after.requests} ({c.after.share:.3%}); ceiling {t.max_after_share:.2%}",
             f"ratio {_ratio(c.ratio)} (limit x{t.max_ratio:g}), one-sided exact p="
             f"{c.p_value:.3g} (a rise counts below {t.alpha:g})",
@@ -249,7 +249,7 @@ def _ratio(ratio: float) -> str:
     return "x∞ (none before)" if ratio == float("inf") else f"x{ratio:.2f}"
 
 
-def _duration(window: timedelta) -> str:
+def window_text(window: timedelta) -> str:
     return f"{int(window.total_seconds())}s"
 
 

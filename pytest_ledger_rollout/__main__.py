@@ -1,4 +1,4 @@
-"""`python -m pytest_ledger_rollout.checks.forensics snapshot [--rollout-config FILE] [--out F]`:
+"""`python -m pytest_ledger_rollout snapshot [--rollout-config FILE] [--out F]`:
 walk the history on a throwaway Postgres and write the fingerprint snapshot ([forensics]
 snapshot by default), for targets where no ephemeral Postgres can start."""
 
@@ -8,14 +8,14 @@ import argparse
 from pathlib import Path
 
 from pytest_ledger_rollout.checks.forensics.history import fingerprint_history
-from pytest_ledger_rollout.checks.forensics.snapshot import save_snapshot, walk_settings
+from pytest_ledger_rollout.checks.forensics.snapshot import save_snapshot
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.targets.postgres import start_ephemeral
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(prog="python -m pytest_ledger_rollout.checks.forensics")
+    parser = argparse.ArgumentParser(prog="python -m pytest_ledger_rollout")
     parser.add_argument("command", choices=["snapshot"])
     parser.add_argument("--rollout-config", type=Path, default=Path("rollout.toml"))
     parser.add_argument("--out", type=Path, help="default: [forensics] snapshot")
@@ -25,7 +25,7 @@ def main() -> None:
     if out is None:
         parser.error("give --out, or set [forensics] snapshot in the rollout config")
     project = AlembicProject.of(config.migrations)
-    with start_ephemeral(walk_settings(config)) as server:
+    with start_ephemeral(config.walk_settings()) as server:
         history = fingerprint_history(project, server.url)
     save_snapshot(history, out)
     print(f"{out}: {len(history.fingerprints)} revisions, scripts {history.scripts_sha256[:12]}")
