@@ -33,9 +33,10 @@ from pytest_ledger_rollout.checks.metrics.webhook_watch import (
     WebhookWatchThresholds,
 )
 from pytest_ledger_rollout.checks.migrations import MigrationsConfig, script_location_problem
-from pytest_ledger_rollout.checks.pilot import RiskCriteria, TenantTables
+from pytest_ledger_rollout.checks.pilot.candidates import RiskCriteria
 from pytest_ledger_rollout.checks.schema import UniqueSpec
 from pytest_ledger_rollout.checks.smoke import SmokeSettings
+from pytest_ledger_rollout.checks.tenants import TenantTables
 from pytest_ledger_rollout.targets.connection import SessionLimits
 from pytest_ledger_rollout.targets.declared import Expectation, TargetConfig, url_port_problem
 from pytest_ledger_rollout.targets.kinds import EPHEMERAL, TARGET_KINDS

@@ -16,20 +16,22 @@ from pytest_ledger_rollout.checks.flags import (
     FlagTable,
     read_flags,
 )
-from pytest_ledger_rollout.checks.ledger import LedgerTables, check_no_mismatch
-from pytest_ledger_rollout.checks.pilot import (
-    RiskCriteria,
-    TenantTables,
+from pytest_ledger_rollout.checks.ga.general_use import check_general_use
+from pytest_ledger_rollout.checks.ga.rollback import check_rollback_plan
+from pytest_ledger_rollout.checks.ga.waves import (
     check_enforce_after_tenant_backfill,
     check_enforce_with_signature,
     check_enforced_backfill,
-    check_general_use,
-    check_pilot_flags,
-    check_pilot_tenants,
-    check_rollback_plan,
     check_waves,
+)
+from pytest_ledger_rollout.checks.ledger import LedgerTables, check_no_mismatch
+from pytest_ledger_rollout.checks.pilot.blast_radius import check_pilot_flags
+from pytest_ledger_rollout.checks.pilot.candidates import (
+    RiskCriteria,
+    check_pilot_tenants,
     rank_candidates,
 )
+from pytest_ledger_rollout.checks.tenants import TenantTables
 from pytest_ledger_rollout.results import CheckResult
 
 from .support import ScenarioDb

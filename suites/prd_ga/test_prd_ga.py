@@ -5,17 +5,17 @@ import pytest
 from sqlalchemy.engine import Connection
 
 from pytest_ledger_rollout.checks.flags import FlagRelation, FlagState
-from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
-from pytest_ledger_rollout.checks.migrations import AlembicProject, check_release_downgrades
-from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
-from pytest_ledger_rollout.checks.pilot import (
+from pytest_ledger_rollout.checks.ga.general_use import check_general_use
+from pytest_ledger_rollout.checks.ga.rollback import check_rollback_plan
+from pytest_ledger_rollout.checks.ga.waves import (
     check_enforce_after_tenant_backfill,
     check_enforce_with_signature,
     check_enforced_backfill,
-    check_general_use,
-    check_rollback_plan,
     check_waves,
 )
+from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
+from pytest_ledger_rollout.checks.migrations import AlembicProject, check_release_downgrades
+from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.phases.target_session import TargetSession
 from pytest_ledger_rollout.plugin.fixtures import StepRecorder

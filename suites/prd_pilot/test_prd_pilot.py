@@ -8,11 +8,8 @@ from pytest_ledger_rollout.checks.flags import FlagRelation, FlagState
 from pytest_ledger_rollout.checks.ledger import check_no_mismatch
 from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
 from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
-from pytest_ledger_rollout.checks.pilot import (
-    candidates_report,
-    check_pilot_flags,
-    check_pilot_tenants,
-)
+from pytest_ledger_rollout.checks.pilot.blast_radius import check_pilot_flags
+from pytest_ledger_rollout.checks.pilot.candidates import candidates_report, check_pilot_tenants
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.phases.target_session import TargetSession
 from pytest_ledger_rollout.plugin.fixtures import StepRecorder

@@ -1,0 +1,1 @@
+"""PRD-PILOT's checks on production data, read-only: one module per runbook step."""
