@@ -4,6 +4,7 @@ them, from examples/reference_backend."""
 
 from __future__ import annotations
 
+import datetime as dt
 import os
 import re
 import subprocess
@@ -22,11 +23,13 @@ from prometheus_client.parser import text_string_to_metric_families
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
+from pytest_ledger_rollout.checks.flags import FlagState, effective
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
 from .support import REFERENCE_BACKEND, ScenarioDb, cloned_database, flags_restored
 
 sys.path.insert(0, str(REFERENCE_BACKEND))  # the service is run from its folder, not installed
+from backend.flags import KNOWN_FLAGS, flags_for
 from backend.process import ServiceProcess, ServiceStartError, start_service
 from backend.settings import Fault
 from backend.signatures import HEADER, sign
@@ -690,3 +693,46 @@ def test_backfill_interrupted_keeps_committed_batches_and_a_rerun_finishes(
     assert mismatched(small_db) == 70
     assert "inserted 70 entries" in backfill(small_db, "--batch-size", "10")
     assert mismatched(small_db) == 0
+
+
+def test_the_reference_service_obeys_the_rule_the_gate_judges_by(scenario_db: ScenarioDb) -> None:
+    """The service under verification decides its flags itself (as a team's service does); the
+    gate's rule must name the same state for every tenant, or its checks judge a fiction."""
+    scenario_db.upgrade("head")
+    scenario_db.execute(
+        "INSERT INTO tenants (id, name)"
+        " SELECT format('t-00%s', i), 't' FROM generate_series(1, 3) i"
+    )
+    shadow, mismatch, signature, enforce = KNOWN_FLAGS
+    t0, hour = dt.datetime(2026, 11, 28, 10, 0, tzinfo=dt.UTC), dt.timedelta(hours=1)
+    rows = [
+        FlagState(shadow, None, True, t0),  # global on, no override
+        FlagState(mismatch, None, False, t0),  # global off, overridden on for t-001
+        FlagState(mismatch, "t-001", True, t0 + hour),
+        FlagState(signature, None, True, t0 + 2 * hour),  # global on, overridden off (older)
+        FlagState(signature, "t-002", False, t0 - hour),
+        FlagState(enforce, "t-003", True, t0),  # a tenant row only
+    ]
+    tenants = ["t-001", "t-002", "t-003"]
+    with scenario_db.engine.begin() as connection:
+        connection.execute(
+            text(
+                "INSERT INTO feature_flags (key, tenant_id, enabled, changed_at)"
+                " VALUES (:key, :tenant, :enabled, :changed_at)"
+            ),
+            [vars(state) for state in rows],
+        )
+        served = {tenant: flags_for(connection, tenant) for tenant in tenants}
+    judged = {(e.tenant, e.key): e.enabled for e in effective(rows, tenants, KNOWN_FLAGS)}
+    for tenant, flags in served.items():
+        seen = (
+            flags.shadow_write,
+            flags.mismatch_log,
+            flags.signature_enforced,
+            flags.enforce_balance,
+        )
+        assert seen == tuple(judged[tenant, key] for key in KNOWN_FLAGS), tenant
+    # The rows exercise every branch of the rule.
+    assert served["t-001"].mismatch_log and not served["t-002"].mismatch_log
+    assert not served["t-002"].signature_enforced and served["t-003"].signature_enforced
+    assert served["t-003"].enforce_balance and not served["t-001"].enforce_balance
