@@ -267,6 +267,12 @@ class _Table:
             return None
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise self.error(name, "must be a number")
+        try:
+            value = float(value)  # TOML integers are unbounded; a float stops at 1.8e308
+        except OverflowError:
+            raise self.error(
+                name, "must be a finite number, not an integer beyond 1.8e308"
+            ) from None
         if not math.isfinite(value):  # TOML spells nan and inf; neither is a threshold
             raise self.error(name, f"must be a finite number, not {value}")
         return value
