@@ -769,7 +769,11 @@ def _decision(table: _Table | None) -> DecisionPolicy:
         if verdict is not None and verdict not in (Verdict.HOLD, Verdict.ROLLBACK):
             raise table.error(action, "must be HOLD or ROLLBACK")
         changes = {**tests, **({"action": Verdict(verdict)} if verdict else {})}
-        signals[signal] = replace(getattr(DEFAULT_POLICY, signal), **changes)
+        try:
+            signals[signal] = replace(getattr(DEFAULT_POLICY, signal), **changes)
+        except ValueError as exc:  # "insufficient_funds.max_ratio must be ...": the key is ours
+            key = str(exc).split(" ", 1)[0].removeprefix(f"{signal}.")
+            raise table.error(key, str(exc).split(" ", 1)[1]) from None
     windows: dict[str, Any] = {
         attribute: timedelta(seconds=table.positive_int(name, 1, MAX_WINDOW_S))
         for name, attribute in (("window_s", "window"), ("baseline_window_s", "baseline_window"))
