@@ -61,6 +61,9 @@ FLAG_TABLE_KEYS = {
 BIGINT_MAX = 2**63 - 1  # what a Postgres bigint parameter holds
 INT_MAX = 2**31 - 1  # Postgres' limit for statement_timeout and lock_timeout (ms)
 MAX_DAYS = 36_500  # a century of history; an interval of more overflows sooner or later
+# Amounts reach numeric parameters and the service: 1e18 and 18 decimals hold any ledger's money,
+# while Postgres numeric refuses '1e999999' mid-check.
+MAX_AMOUNT, AMOUNT_DECIMALS = Decimal(10) ** 18, 18
 
 
 class ConfigError(ValueError):
@@ -748,6 +751,10 @@ def _amount(table: _Table, name: str) -> Decimal:
         raise table.error(name, 'must be an amount like "25.00"') from None
     if not amount.is_finite() or amount <= 0:
         raise table.error(name, "must be a positive amount")
+    if amount >= MAX_AMOUNT or -int(amount.as_tuple().exponent) > AMOUNT_DECIMALS:
+        raise table.error(
+            name, f"must be a positive amount below 1e18 with at most {AMOUNT_DECIMALS} decimals"
+        )
     return amount
 
 
