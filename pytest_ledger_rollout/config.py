@@ -403,10 +403,13 @@ def _unique(root: _Table) -> tuple[UniqueSpec, ...]:
     for index, entry in enumerate(entries):
         table = _Table(schema.path, f"schema.unique[{index}]", entry)
         table.only("table", "columns", "name")
+        columns = table.texts("columns", required=True)
+        if not columns:
+            raise table.error("columns", "must name at least one column")
         specs.append(
             UniqueSpec(
                 table=str(table.text("table", required=True)),
-                columns=table.texts("columns", required=True),
+                columns=columns,
                 name=table.text("name"),
             )
         )
