@@ -595,7 +595,9 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
     steps_table = table.table("steps", required=False)
     steps = defaults.steps
     if steps_table is not None:
-        steps = {step: steps_table.texts(step, required=True) for step in steps_table.data}
+        # A step left out keeps its default: the suites and the rehearsal look every step up.
+        steps_table.only(*defaults.steps)
+        steps = {**steps, **{step: steps_table.texts(step) for step in steps_table.data}}
     return FlagsConfig(
         source=source,
         order=table.texts("order") or defaults.order,
