@@ -261,7 +261,8 @@ class _Table:
         # Bounded above too: the values reach Postgres parameters and datetime arithmetic.
         value = self.data.get(name, default)
         if not isinstance(value, int) or isinstance(value, bool) or not minimum <= value <= maximum:
-            raise self.error(name, f"must be a whole number in {minimum}..{maximum}, not {value!r}")
+            shown = f", not {value!r}" if isinstance(value, int | float) else ""  # a URL? never
+            raise self.error(name, f"must be a whole number in {minimum}..{maximum}{shown}")
         return value
 
     def number(self, name: str) -> float | None:
@@ -284,6 +285,16 @@ class _Table:
         value = self.text(name, required=required)
         if value is not None and (problem := url_port_problem(value)):
             raise self.error(name, problem)
+        return value
+
+    def env_name(self, name: str, default: str) -> str:
+        """The name of an environment variable. Never echoed: a URL or secret pasted in its
+        place would otherwise reach every message that names the variable."""
+        value = str(self.text(name, default))
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise self.error(
+                name, f"must name an environment variable (e.g. {default}), not hold its value"
+            )
         return value
 
     def boolean(self, name: str, default: bool) -> bool:
@@ -489,13 +500,13 @@ def _target(targets: _Table, name: str, base: Path) -> TargetConfig:
     return TargetConfig(
         name=name,
         kind=kind,
-        database_url_env=str(table.text("database_url_env", default="DATABASE_URL")),
+        database_url_env=table.env_name("database_url_env", "DATABASE_URL"),
         expect=_expectation(table) if kind != EPHEMERAL else Expectation(),
         app_host=app_host,
         app_dir=app_dir,
         service_url=table.url("service_url"),
         prometheus_url=table.url("prometheus_url"),
-        webhook_secret_env=str(table.text("webhook_secret_env", default="LEDGER_WEBHOOK_SECRET")),
+        webhook_secret_env=table.env_name("webhook_secret_env", "LEDGER_WEBHOOK_SECRET"),
         ephemeral=_ephemeral(table) if kind == EPHEMERAL else None,
         require_read_only_role=table.boolean("require_read_only_role", False),
     )
