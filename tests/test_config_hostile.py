@@ -219,3 +219,25 @@ def test_loaded_config_does_not_show_a_url_password(tmp_path: Path) -> None:
     target = config.targets["staging"]
     assert target.service_url == f"http://svc:{PASSWORD}@127.0.0.1:8000/"  # callers get it
     assert PASSWORD not in repr(config)
+
+
+@pytest.mark.parametrize("key", ["database_url_env", "webhook_secret_env"])
+def test_a_url_pasted_for_a_variable_name_is_refused_unechoed(tmp_path: Path, key: str) -> None:
+    """Messages name the variable ("reads its database URL from $NAME"): a URL written where
+    its variable's name belongs would put the password in every one of them."""
+    path = write_config(
+        tmp_path,
+        database="ledger",
+        extra=f"[targets.prod]\nkind = 'production'\n{key} = 'postgresql://app:{PASSWORD}@db/l'\n"
+        "expect = { host = 'db', database = 'l' }\n",
+    )
+    error = _refused(path)
+    assert error.key == f"targets.prod.{key}"
+    assert "must name an environment variable" in str(error) and PASSWORD not in str(error)
+
+
+def test_a_url_in_a_number_key_is_not_echoed(tmp_path: Path) -> None:
+    extra = f"[session]\nstatement_timeout_ms = 'postgresql://app:{PASSWORD}@db/l'\n"
+    error = _refused(write_config(tmp_path, database="ledger", extra=extra))
+    assert error.key == "session.statement_timeout_ms" and "1..2147483647" in str(error)
+    assert PASSWORD not in str(error)
