@@ -586,6 +586,9 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
     if "query" in named and len(named) > 1:
         # One definition of the rows: the table (which rehearsals can also write) or a query.
         raise table.error(named[0], "give either query or the table keys, not both")
+    for name, owner in (("url", HTTP), ("path", FILE)):
+        if name in table.data and kind != owner:
+            raise table.error(name, f"applies to source = '{owner}' only")
     path = table.text("path")
     flag_table = FlagTable()
     source = FlagSourceConfig(

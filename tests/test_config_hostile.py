@@ -165,6 +165,23 @@ def test_a_section_that_is_no_table_is_named(tmp_path: Path, table: str) -> None
     assert _refused(path).key == table
 
 
+@pytest.mark.parametrize(
+    ("flags", "key", "owner"),
+    [
+        ("url = 'http://h/flags'", "flags.url", "http"),
+        ("source = 'file'\npath = 'f.json'\nurl = 'http://h/flags'", "flags.url", "http"),
+        ("path = 'flags.json'", "flags.path", "file"),
+        ("source = 'http'\nurl = 'http://h/flags'\npath = 'f.json'", "flags.path", "file"),
+    ],
+)
+def test_a_key_of_another_flag_source_is_refused(
+    tmp_path: Path, flags: str, key: str, owner: str
+) -> None:
+    """Left silently unused, it would make the reader believe the flags come from there."""
+    error = _refused(write_config(tmp_path, database="ledger", extra=f"[flags]\n{flags}\n"))
+    assert error.key == key and f"applies to source = '{owner}' only" in str(error)
+
+
 def test_a_unique_spec_needs_columns(tmp_path: Path) -> None:
     path = write_config(
         tmp_path,
