@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from urllib.parse import urlsplit
 
 from sqlalchemy.engine import URL, make_url
@@ -32,8 +32,9 @@ class TargetConfig:
     expect: Expectation = Expectation()
     app_host: str | None = None  # testinfra host spec, e.g. kubectl://backend-0?namespace=staging
     app_dir: str | None = None
-    service_url: str | None = None  # the ledger service's base URL (STG-ROLL smoke)
-    prometheus_url: str | None = None  # where its metrics are queried (2.3, 3.3)
+    # URLs may carry a password (user:secret@host): kept out of the repr that tracebacks show.
+    service_url: str | None = field(default=None, repr=False)  # the service (STG-ROLL smoke)
+    prometheus_url: str | None = field(default=None, repr=False)  # its metrics (2.3, 3.3)
     webhook_secret_env: str = "LEDGER_WEBHOOK_SECRET"  # the smoke signs deposits with it
     ephemeral: EphemeralSettings | None = None  # only for kind = "ephemeral"
     # Refuse the run when the role could write to the ledger or flags tables.
