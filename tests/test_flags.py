@@ -143,6 +143,18 @@ def test_http_source() -> None:
             read_flags(source, None)
 
 
+def test_a_password_in_the_endpoint_url_is_in_no_message_or_repr() -> None:
+    reply = Reply('{"unexpected": true}', content_type="application/json")
+    with LoopbackHTTP(lambda: reply) as admin:
+        url = admin.url.replace("http://", "http://ops:Pw4Secret9x@") + "/admin/flags"
+        source = FlagSourceConfig(HTTP, url=url)
+        with pytest.raises(FlagSourceError, match="expected a list of flags") as raised:
+            read_flags(source, None)
+    assert "Pw4Secret9x" not in str(raised.value)
+    assert "127.0.0.1" in str(raised.value)  # the endpoint is still named
+    assert "Pw4Secret9x" not in repr(source)
+
+
 def test_http_source_unreachable() -> None:
     with pytest.raises(FlagSourceError, match="unreachable"):
         read_flags(FlagSourceConfig(HTTP, url="http://127.0.0.1:9/admin/flags"), None)

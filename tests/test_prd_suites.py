@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import quote
 
 import pytest
 from sqlalchemy import Engine, text
@@ -360,3 +361,22 @@ def test_the_production_rehearsal_refuses_a_store_it_cannot_backdate(
         rehearse_production(
             config, PHASES["prd-pilot"], str(REFERENCE_BACKEND), "postgresql://unused", {}, stack
         )
+
+
+def test_a_password_in_the_flag_endpoints_url_reaches_no_output(
+    production: Production, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    """The endpoint answers something that is not a list of flags: the failure names the
+    endpoint by host, port and path, never by its user:password."""
+    password = "Fp7Hs3Jq@:/?#%Wc5Nt8Lx"
+    with LoopbackHTTP(
+        lambda: Reply('{"unexpected": true}', content_type="application/json")
+    ) as api:
+        url = api.url.replace("http://", f"http://ops:{quote(password, safe='')}@")
+        config = f'[flags]\nsource = "http"\nurl = "{url}/admin/flags"\n'
+        run = _run_in(tmp_path / "run", production, PILOT + GA + config, run_phase, "prd-pilot")
+    assert outcomes(run)["3.2"] == "failed", run.output
+    assert "expected a list of flags" in run.output
+    texts = (run.output, run.artifact(".json").read_text(), run.artifact(".html").read_text())
+    for fragment in (password[:6], password[-6:], quote(password, safe="")[:6]):
+        assert not any(fragment in text for text in texts), fragment

@@ -20,6 +20,7 @@ import requests
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
+from pytest_ledger_rollout.masking import mask_url
 from pytest_ledger_rollout.results import CheckResult, Evidence, Failure, failed, passed
 
 SQL, HTTP, FILE = "sql", "http", "file"
@@ -69,7 +70,8 @@ class FlagSourceConfig:
     kind: str
     table: FlagTable = field(default_factory=FlagTable)  # sql: the table and its columns
     query: str | None = None  # sql: instead of the table, rows as key, tenant, enabled, changed_at
-    url: str | None = None  # http: JSON list (or {"flags": [...]}) of the rows' four fields
+    # http: JSON list (or {"flags": [...]}) of the rows' four fields; it may carry user:password@
+    url: str | None = field(default=None, repr=False)
     path: Path | None = None  # file: the same JSON
 
     def rows_sql(self, q: Quote) -> str:
@@ -93,7 +95,7 @@ def read_flags(source: FlagSourceConfig, connection: Connection | None) -> list[
         states = [_state(dict(row), f"row {index}") for index, row in enumerate(rows)]
     elif source.kind == HTTP:
         assert source.url is not None
-        states = _from_json(_fetch(source.url), source.url)
+        states = _from_json(_fetch(source.url), f"flag endpoint {mask_url(source.url)}")
     else:
         assert source.path is not None
         try:

@@ -145,7 +145,14 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
     except TargetError as exc:
         raise pytest.UsageError(str(exc)) from None
     scrubber = Scrubber()
-    scrubber.register_url(target.url)
+    # URLs of the config that may carry user:password@ besides the database's.
+    for url in (
+        target.url,
+        target.config.service_url,
+        target.config.prometheus_url,
+        rollout.flags.source.url,
+    ):
+        scrubber.register_url(url)
     signoff_value, signoff_base = option(config, "rollout_signoff_dir")
     assert signoff_value is not None
     started = dt.datetime.now(dt.UTC)
