@@ -1,9 +1,11 @@
-"""Schema fingerprints: every schema object with its definition, read from the catalog only.
+"""The one schema reader and diff: every schema object with its definition, read from the
+catalog only (a fingerprint), and what differs between two fingerprints.
 
 ``fingerprint`` is one read-only statement: it fingerprints a production target inside a
-read-only session. The history walk fingerprints a scratch database after every migration step
-with ``SchemaLog``, which re-reads only what the step's DDL touched, with the same catalog
-query."""
+read-only session (the forensics, drift at head in step 1.3), and the schema before and after
+step 1.4's downgrade and upgrade. The history walk fingerprints a scratch database after every
+migration step with ``SchemaLog``, which re-reads only what the step's DDL touched, with the
+same catalog query. ``Fingerprint.differences`` is the one comparison for all of them."""
 
 from __future__ import annotations
 
