@@ -109,13 +109,14 @@ class SchemaObject:
 
 @dataclass(frozen=True)
 class Difference:
-    """One object that differs between a revision's schema and the target's."""
+    """One object that differs between an expected schema (a revision's, or the schema read at
+    head before step 1.4's downgrade) and the one seen (the target's, or after the step)."""
 
-    change: str  # missing (in the target) | extra (only in the target) | changed
+    change: str  # missing (only expected) | extra (only seen) | changed
     kind: str
     name: str
-    expected: str  # definition at the revision ('' when extra)
-    seen: str  # definition in the target ('' when missing)
+    expected: str  # definition expected ('' when extra)
+    seen: str  # definition seen ('' when missing)
 
     def line(self) -> str:
         if self.change == "missing":
