@@ -26,8 +26,8 @@ from pathlib import Path
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, make_url
 
+from pytest_ledger_rollout.checks.fingerprint import fingerprint
 from pytest_ledger_rollout.checks.forensics import history
-from pytest_ledger_rollout.checks.forensics.fingerprint import fingerprint
 from pytest_ledger_rollout.checks.forensics.history import fingerprint_history, scratch_database
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.targets.postgres import (

@@ -13,7 +13,7 @@ import pytest
 from sqlalchemy import Engine, create_engine, text
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.checks.forensics.fingerprint import Fingerprint, SchemaLog, fingerprint
+from pytest_ledger_rollout.checks.fingerprint import Fingerprint, SchemaLog, fingerprint
 from pytest_ledger_rollout.checks.forensics.history import (
     History,
     fingerprint_history,

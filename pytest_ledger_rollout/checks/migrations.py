@@ -22,7 +22,8 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection, make_url
 from sqlalchemy.exc import DBAPIError
 
-from pytest_ledger_rollout.checks.schema import UniqueSpec, check_unique_constraint, snapshot
+from pytest_ledger_rollout.checks.fingerprint import Difference, fingerprint
+from pytest_ledger_rollout.checks.schema import UniqueSpec, check_unique_constraint
 from pytest_ledger_rollout.results import CheckResult, Evidence, Failure, failed, passed
 
 
@@ -404,7 +405,8 @@ def check_downgrade_upgrade_smoke(
     """Runbook 1.4: `alembic downgrade -1` then `alembic upgrade head`, each proven on the schema.
 
     The downgrade must really undo something (a downgrade that only moves alembic_version is
-    no rollback), and the upgrade must restore the head schema exactly."""
+    no rollback), and the upgrade must restore the head schema exactly: both are the schema's
+    fingerprint compared with the one read at head."""
     head = project.heads()[-1]
     previous = project.down_revision(head)
     before = project.current(connection)
@@ -417,7 +419,7 @@ def check_downgrade_upgrade_smoke(
                 remedy="Make step 1.2 pass first.",
             )
         )
-    at_head = snapshot(connection)
+    at_head = fingerprint(connection)
     steps: list[str] = []
 
     def failure(title: str, expected: str, seen: str) -> CheckResult:
@@ -442,9 +444,12 @@ def check_downgrade_upgrade_smoke(
             "`alembic downgrade -1` failed", f"downgrade {head} -> {previous}", steps[-1]
         )
     after_down = project.current(connection)
-    undone = at_head.difference(snapshot(connection))
-    steps.append(f"alembic downgrade -1: current = {', '.join(after_down) or 'base'}")
-    steps.extend(f"  {line}" for line in undone or ["(schema unchanged)"])
+    undone = at_head.differences(fingerprint(connection))
+    steps.append(
+        f"alembic downgrade -1: current = {', '.join(after_down) or 'base'}; "
+        f"{_against_head(undone)}"
+    )
+    steps.extend(f"  {d.line()}" for d in undone)
     down_state = _unique_states(connection, uniques)
     steps.extend(f"  {line}" for line in down_state)
     expected_down = (previous,) if previous else ()
@@ -458,7 +463,9 @@ def check_downgrade_upgrade_smoke(
         return failure(
             "`alembic downgrade -1` changed no schema object",
             f"the downgrade of {head} reverts its schema changes",
-            "the schema after the downgrade equals the schema at head",
+            f"the schema after the downgrade equals the schema at head "
+            f"({len(at_head.objects)} objects: tables, views, columns, constraints, indexes, "
+            "sequences, enum types)",
         )
     try:
         project.upgrade(connection, "head")
@@ -468,19 +475,32 @@ def check_downgrade_upgrade_smoke(
             "`alembic upgrade head` after the downgrade failed", f"back at {head}", steps[-1]
         )
     after_up = project.current(connection)
-    not_restored = at_head.difference(snapshot(connection))
-    steps.append(f"alembic upgrade head: current = {', '.join(after_up) or 'base'}")
+    not_restored = at_head.differences(fingerprint(connection))
+    steps.append(
+        f"alembic upgrade head: current = {', '.join(after_up) or 'base'}; "
+        f"{_against_head(not_restored)}"
+    )
+    steps.extend(f"  {d.line()}" for d in not_restored)
     steps.extend(f"  {line}" for line in _unique_states(connection, uniques))
     if after_up != (head,) or not_restored:
         return failure(
             "`alembic upgrade head` after the downgrade did not restore the head schema",
             f"current = {head} and the schema as it was at head",
-            f"current = {', '.join(after_up) or 'base'}\n" + "\n".join(not_restored),
+            f"current = {', '.join(after_up) or 'base'}; {_against_head(not_restored)}\n"
+            + "\n".join(d.line() for d in not_restored),
         )
     return CheckResult(
         summary=f"{head} -> {previous or 'base'} -> {head}; undone: {len(undone)} object(s)",
         evidence=(Evidence("downgrade -1 / upgrade head", "\n".join(steps)),),
     )
+
+
+def _against_head(differences: Sequence[Difference]) -> str:
+    """How a schema read after a step compares with the one read at head (Difference.line()
+    says "missing" for what only head has, "extra" for what only the schema now has)."""
+    if not differences:
+        return "schema equal to the schema at head"
+    return f"{len(differences)} difference(s) from the schema at head"
 
 
 def _unique_states(connection: Connection, uniques: Sequence[UniqueSpec]) -> list[str]:
@@ -499,11 +519,11 @@ def check_release_downgrades(
     head, each revision of the release is downgraded one step (proven on the schema), and the
     upgrade back to head restores the head schema exactly."""
     project.upgrade(connection, "head")
-    at_head = snapshot(connection)
+    at_head = fingerprint(connection)
     head = project.heads()[-1]
     steps: list[str] = []
+    before = at_head
     for revision in reversed(revisions):
-        before = snapshot(connection)
         previous = project.down_revision(revision)
         try:
             project.downgrade(connection, "-1")
@@ -513,7 +533,8 @@ def check_release_downgrades(
                 revision, f"`alembic downgrade -1` from {revision} failed", steps
             )
         current = project.current(connection)
-        undone = before.difference(snapshot(connection))
+        after = fingerprint(connection)
+        undone, before = before.differences(after), after
         steps.append(
             f"downgrade {revision} -> {', '.join(current) or 'base'}: {len(undone)} change(s)"
         )
@@ -526,8 +547,9 @@ def check_release_downgrades(
                 revision, f"the downgrade of {revision} changed no schema object", steps
             )
     project.upgrade(connection, "head")
-    not_restored = at_head.difference(snapshot(connection))
+    not_restored = at_head.differences(fingerprint(connection))
     steps.append(f"upgrade head -> {head}: {len(not_restored)} difference(s) from the head schema")
+    steps.extend(f"  {d.line()}" for d in not_restored)
     if not_restored:
         return _rollback_not_ready(head, "the upgrade back did not restore the head schema", steps)
     return passed(

@@ -1,4 +1,6 @@
-"""Catalog introspection: UNIQUE constraints vs unique indexes, columns, a schema snapshot."""
+"""Step 1.3's declared UNIQUE constraints: one table's columns and its UNIQUE constraints vs
+unique indexes, read from the catalog. The whole schema, read and compared, is the fingerprint
+(checks/fingerprint.py)."""
 
 from __future__ import annotations
 
@@ -119,62 +121,6 @@ def check_unique_constraint(connection: Connection, spec: UniqueSpec) -> CheckRe
 
 def _db(connection: Connection) -> str:
     return str(connection.engine.url.database)
-
-
-# One row per schema object with a stable definition, for before/after comparisons.
-_SNAPSHOT = text(
-    """
-    SELECT 'table', c.relname, '' FROM pg_class c
-    WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
-    UNION ALL
-    SELECT 'column', c.relname || '.' || a.attname,
-           format_type(a.atttypid, a.atttypmod)
-           || CASE WHEN a.attnotnull THEN ' NOT NULL' ELSE '' END
-           || coalesce(' DEFAULT ' || pg_get_expr(d.adbin, d.adrelid), '')
-    FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
-    LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum
-    WHERE c.relnamespace = 'public'::regnamespace AND c.relkind IN ('r', 'p')
-      AND a.attnum > 0 AND NOT a.attisdropped
-    UNION ALL
-    SELECT 'constraint', c.relname || '.' || k.conname, pg_get_constraintdef(k.oid)
-    FROM pg_constraint k JOIN pg_class c ON c.oid = k.conrelid
-    WHERE c.relnamespace = 'public'::regnamespace
-    UNION ALL
-    SELECT 'index', i.relname, pg_get_indexdef(i.oid) FROM pg_class i
-    WHERE i.relnamespace = 'public'::regnamespace AND i.relkind = 'i'
-    """
-)
-
-
-@dataclass(frozen=True)
-class SchemaSnapshot:
-    objects: frozenset[tuple[str, str, str]]
-
-    def difference(self, other: SchemaSnapshot) -> list[str]:
-        """Objects in ``self`` that ``other`` lacks or defines differently, then the reverse."""
-        mine = {(kind, name): d for kind, name, d in self.objects}
-        theirs = {(kind, name): d for kind, name, d in other.objects}
-        lines = []
-        for key in sorted(mine.keys() | theirs.keys()):
-            before, after = mine.get(key), theirs.get(key)
-            if before == after:
-                continue
-            kind, name = key
-            if after is None:
-                lines.append(f"- {kind} {name} {before}".rstrip())
-            elif before is None:
-                lines.append(f"+ {kind} {name} {after}".rstrip())
-            else:
-                lines.append(f"~ {kind} {name}: {before} -> {after}")
-        return lines
-
-
-def snapshot(connection: Connection) -> SchemaSnapshot:
-    """The public schema's tables, columns, constraints and indexes (alembic_version excluded)."""
-    rows = connection.execute(_SNAPSHOT)
-    return SchemaSnapshot(
-        frozenset((r[0], r[1], r[2]) for r in rows if not r[1].startswith("alembic_version"))
-    )
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ Read-only on the target: catalog queries and set-based SQL only."""
 import pytest
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.checks.forensics.fingerprint import fingerprint
+from pytest_ledger_rollout.checks.fingerprint import fingerprint
 from pytest_ledger_rollout.checks.forensics.history import History
 from pytest_ledger_rollout.checks.forensics.preflight import (
     PendingUpgrade,

@@ -23,7 +23,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
 
-from pytest_ledger_rollout.checks.forensics.fingerprint import (
+from pytest_ledger_rollout.checks.fingerprint import (
     EMPTY,
     Fingerprint,
     SchemaLog,

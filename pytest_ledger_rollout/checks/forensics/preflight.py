@@ -22,7 +22,7 @@ from alembic import command
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.checks.forensics.fingerprint import VERSION_TABLE
+from pytest_ledger_rollout.checks.fingerprint import VERSION_TABLE
 from pytest_ledger_rollout.checks.forensics.history import History
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.checks.schema import UniqueSpec, table_columns, unique_objects

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.engine import Connection
 
-from pytest_ledger_rollout.checks.forensics.fingerprint import Difference, Fingerprint, fingerprint
+from pytest_ledger_rollout.checks.fingerprint import Difference, Fingerprint, fingerprint
 from pytest_ledger_rollout.checks.forensics.history import History
 from pytest_ledger_rollout.checks.forensics.snapshot import cached_history
 from pytest_ledger_rollout.checks.migrations import AlembicProject, StampHint

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from pytest_ledger_rollout.checks.forensics.fingerprint import Fingerprint
+from pytest_ledger_rollout.checks.fingerprint import Fingerprint
 from pytest_ledger_rollout.checks.forensics.history import (
     History,
     fingerprint_history,

@@ -1,9 +1,11 @@
-"""Schema fingerprints: every schema object with its definition, read from the catalog only.
+"""The one schema reader and diff: every schema object with its definition, read from the
+catalog only (a fingerprint), and what differs between two fingerprints.
 
 ``fingerprint`` is one read-only statement: it fingerprints a production target inside a
-read-only session. The history walk fingerprints a scratch database after every migration step
-with ``SchemaLog``, which re-reads only what the step's DDL touched, with the same catalog
-query."""
+read-only session (the forensics, drift at head in step 1.3), and the schema before and after
+step 1.4's downgrade and upgrade. The history walk fingerprints a scratch database after every
+migration step with ``SchemaLog``, which re-reads only what the step's DDL touched, with the
+same catalog query. ``Fingerprint.differences`` is the one comparison for all of them."""
 
 from __future__ import annotations
 
@@ -107,13 +109,14 @@ class SchemaObject:
 
 @dataclass(frozen=True)
 class Difference:
-    """One object that differs between a revision's schema and the target's."""
+    """One object that differs between an expected schema (a revision's, or the schema read at
+    head before step 1.4's downgrade) and the one seen (the target's, or after the step)."""
 
-    change: str  # missing (in the target) | extra (only in the target) | changed
+    change: str  # missing (only expected) | extra (only seen) | changed
     kind: str
     name: str
-    expected: str  # definition at the revision ('' when extra)
-    seen: str  # definition in the target ('' when missing)
+    expected: str  # definition expected ('' when extra)
+    seen: str  # definition seen ('' when missing)
 
     def line(self) -> str:
         if self.change == "missing":
