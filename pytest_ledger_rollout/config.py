@@ -252,14 +252,21 @@ class _Table:
             )
         return value
 
-    def texts(self, name: str, required: bool = False) -> tuple[str, ...]:
+    def texts(
+        self, name: str, required: bool = False, default: tuple[str, ...] = ()
+    ) -> tuple[str, ...]:
+        """A list of strings; with a default, an empty list is refused (it would silently mean
+        the default, or nothing at all)."""
         value = self.data.get(name)
         if value is None:
             if required:
                 raise self.error(name, "required")
-            return ()
+            return default
         if not isinstance(value, list) or not all(isinstance(v, str) and v for v in value):
             raise self.error(name, "must be a list of non-empty strings")
+        if default and not value:
+            shown = ", ".join(repr(item) for item in default)
+            raise self.error(name, f"must name at least one (leave the key out for [{shown}])")
         return tuple(value)
 
     def positive_int(self, name: str, default: int, maximum: int = BIGINT_MAX) -> int:
@@ -567,7 +574,9 @@ def _ledger(root: _Table) -> LedgerTables:
     return replace(
         defaults,
         **{name: str(table.text(name, default=getattr(defaults, name))) for name in names},
-        backfill_entry_types=table.texts("backfill_entry_types") or defaults.backfill_entry_types,
+        backfill_entry_types=table.texts(
+            "backfill_entry_types", default=defaults.backfill_entry_types
+        ),
         worst_offenders=table.positive_int("worst_offenders", defaults.worst_offenders),
     )
 
@@ -625,7 +634,7 @@ def _flags(root: _Table, base: Path) -> FlagsConfig:
         steps = {**steps, **{step: steps_table.texts(step) for step in steps_table.data}}
     return FlagsConfig(
         source=source,
-        order=table.texts("order") or defaults.order,
+        order=table.texts("order", default=defaults.order),
         steps=steps,
         signature_flag=str(table.text("signature_flag", default=defaults.signature_flag)),
         enforce_flag=str(table.text("enforce_flag", default=defaults.enforce_flag)),
@@ -742,7 +751,13 @@ def _pilot(root: _Table) -> PilotConfig:
         changes["max_open_findings"] = risk.count("max_open_findings", criteria.max_open_findings)
         if "max_withdrawal_volume" in risk.data:
             changes["max_withdrawal_volume"] = _amount(risk, "max_withdrawal_volume")
-        changes["volume_statuses"] = risk.texts("volume_statuses") or criteria.volume_statuses
+        changes["volume_statuses"] = risk.texts("volume_statuses", default=criteria.volume_statuses)
+        if changes["min_wallets"] > changes["max_wallets"]:
+            raise risk.error(
+                "min_wallets",
+                f"{changes['min_wallets']} is above max_wallets ({changes['max_wallets']}): "
+                "no tenant could be a pilot",
+            )
         criteria = replace(criteria, **changes)
     return PilotConfig(
         tenants=table.texts("tenants"),

@@ -192,6 +192,29 @@ def test_a_unique_spec_needs_columns(tmp_path: Path) -> None:
     assert error.key == "schema.unique[1].columns"
 
 
+@pytest.mark.parametrize(
+    ("extra", "key"),
+    [
+        ("[flags]\norder = []\n", "flags.order"),
+        ("[ledger]\nbackfill_entry_types = []\n", "ledger.backfill_entry_types"),
+        ("[pilot.risk]\nvolume_statuses = []\n", "pilot.risk.volume_statuses"),
+    ],
+)
+def test_an_empty_list_where_the_default_names_some_is_refused(
+    tmp_path: Path, extra: str, key: str
+) -> None:
+    """Empty, it silently meant the default: a reader would believe nothing is checked."""
+    error = _refused(write_config(tmp_path, database="ledger", extra=extra))
+    assert error.key == key and "must name at least one (leave the key out for [" in str(error)
+
+
+def test_min_wallets_above_max_wallets_is_refused(tmp_path: Path) -> None:
+    extra = "[pilot.risk]\nmin_wallets = 500\nmax_wallets = 100\n"
+    error = _refused(write_config(tmp_path, database="ledger", extra=extra))
+    assert error.key == "pilot.risk.min_wallets"
+    assert "500 is above max_wallets (100): no tenant could be a pilot" in str(error)
+
+
 def test_steps_not_given_keep_their_defaults(tmp_path: Path) -> None:
     path = write_config(tmp_path, database="ledger", extra="[flags.steps]\n'2.3' = ['sig']\n")
     steps = load_config(path).flags.steps
