@@ -488,7 +488,12 @@ def _session(root: _Table) -> SessionLimits:
     table = root.table("session", required=False)
     if table is None:
         return SessionLimits()
-    names = ("statement_timeout_ms", "lock_timeout_ms", "migration_lock_wait_ms")
+    names = ("statement_timeout_ms", "lock_timeout_ms", "phase_lock_wait_ms")
+    if "migration_lock_wait_ms" in table.data:
+        raise table.error(
+            "migration_lock_wait_ms",
+            "renamed: write phase_lock_wait_ms (the lock covers a whole phase run)",
+        )
     table.only(*names)
     defaults = SessionLimits()
     return SessionLimits(

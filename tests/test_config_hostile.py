@@ -26,7 +26,7 @@ KEYS: dict[str, list[tuple[str, list[str]]]] = {
     "session": [
         ("statement_timeout_ms", POSITIVE),
         ("lock_timeout_ms", POSITIVE),
-        ("migration_lock_wait_ms", POSITIVE),
+        ("phase_lock_wait_ms", POSITIVE),
     ],
     "ledger": [("wallets", NOT_TEXT), ("worst_offenders", POSITIVE)],
     "flags": [("source", NOT_TEXT), ("table", NOT_TEXT), ("order", NOT_TEXTS)],

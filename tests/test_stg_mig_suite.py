@@ -251,7 +251,7 @@ def test_held_table_lock_fails_within_lock_timeout(
 def test_second_run_waits_for_the_phase_lock_then_fails_running_no_check(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
-    config = session_config(tmp_path, scenario_db, migration_lock_wait_ms=500)
+    config = session_config(tmp_path, scenario_db, phase_lock_wait_ms=500)
     other_run = scenario_db.engine.connect()
     other_run.execute(text("SET application_name = 'pytest-ledger-rollout/stg-mig'"))
     other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PHASE_LOCK_KEY})
@@ -307,7 +307,7 @@ def test_concurrent_lock_holder_released_lets_the_run_proceed(
     scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
     """A second run waits: a lock released within the wait is taken, not refused."""
-    config = session_config(tmp_path, scenario_db, migration_lock_wait_ms=10000)
+    config = session_config(tmp_path, scenario_db, phase_lock_wait_ms=10000)
     other_run = scenario_db.engine.connect()
     other_run.execute(text("SELECT pg_advisory_lock(:key)"), {"key": PHASE_LOCK_KEY})
     other_run.commit()

@@ -199,7 +199,12 @@ def test_shipped_config_loads_with_three_targets() -> None:
             "1..2147483647",
         ),
         ("[session]\nlock_timeout_ms = -1\n", "session.lock_timeout_ms", "1..2147483647"),
-        ("[session]\nmigration_lock_wait_ms = 0\n", "session.migration_lock_wait_ms", "1.."),
+        ("[session]\nphase_lock_wait_ms = 0\n", "session.phase_lock_wait_ms", "1.."),
+        (
+            "[session]\nmigration_lock_wait_ms = 500\n",
+            "session.migration_lock_wait_ms",
+            "renamed: write phase_lock_wait_ms",
+        ),
         ("[pilot.risk]\nvolume_days = 99999999\n", "pilot.risk.volume_days", "1..36500"),
         ("[metrics.decision]\nmismatch_max_count = -1\n", "metrics.decision.mismatch_max", "0.."),
         ("[ga]\nmin_share = nan\n", "ga.min_share", "finite"),

@@ -1,5 +1,5 @@
 """Alembic through its Python API: history, heads, current revision, upgrade and downgrade on a
-connection the plugin owns (so session timeouts and the migration lock apply), driven the way
+connection the plugin owns (so session timeouts and the phase lock apply), driven the way
 `alembic upgrade` drives it: the connection reaches env.py with no transaction open."""
 
 from __future__ import annotations
@@ -644,7 +644,7 @@ def _foreign(mine: int | None, used: Sequence[int | None]) -> str | None:
         return None
     return (
         f"env.py ran the migrations on a connection of its own (backend pid {used[0]}), not on "
-        f"the one the plugin handed in (pid {mine}, which holds the migration lock). The "
+        f"the one the plugin handed in (pid {mine}, which holds the phase lock). The "
         "session limits reached it through the URL; to run under the lock, env.py must use "
         "config.attributes['connection'] when it is set (README: \"Your env.py\")."
     )

@@ -214,7 +214,7 @@ def open_target_session(
     stack.callback(engine.dispose)
     try:
         lock = (
-            stack.enter_context(phase_lock(engine, config.session.migration_lock_wait_ms))
+            stack.enter_context(phase_lock(engine, config.session.phase_lock_wait_ms))
             if phase.writes
             else None
         )

@@ -153,4 +153,4 @@ def check_role_privileges(connection: Connection, tables: Sequence[str]) -> Chec
 class SessionLimits:
     statement_timeout_ms: int = 30_000
     lock_timeout_ms: int = 5_000
-    migration_lock_wait_ms: int = 10_000  # how long a second run waits for the migration lock
+    phase_lock_wait_ms: int = 10_000  # how long a second run waits for the phase lock

@@ -1,7 +1,7 @@
 """Alembic environment of the reference backend.
 
 The URL comes from DATABASE_URL. A caller that already holds a connection (the rollout plugin,
-which sets session timeouts and holds the migration lock on it) hands it in through
+which sets session timeouts and holds the phase lock on it) hands it in through
 ``config.attributes["connection"]`` and it is used as is.
 """
 
