@@ -12,7 +12,6 @@ is unchanged, only a signature proves who wrote it.
 
 from __future__ import annotations
 
-import re
 import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +28,7 @@ from pytest_ledger_rollout.phases.signoff import (
     read_signoff,
     sha256_file,
     signoffs_of,
+    verify_checksums,
     write_new,
 )
 from pytest_ledger_rollout.phases.waivers import WAIVED
@@ -42,32 +42,6 @@ _SIGN_TIMEOUT_S = 30
 class Refusal:
     why: str
     remedy: str
-
-
-def verify_checksum(path: Path) -> Refusal | None:
-    """``sha256sum -c`` of the ``.sha256`` beside ``path``, which must list ``path``."""
-    sums = path.with_suffix(".sha256")
-    rerun = "Rerun the phase for a fresh sign-off, or use the original from the release ticket."
-    if not sums.is_file():
-        return Refusal(f"no checksum file {sums.name} beside it", rerun)
-    listed: dict[str, str] = {}
-    for line in sums.read_text(encoding="utf-8").splitlines():
-        match = re.fullmatch(r"([0-9a-fA-F]{64}) [ *](.+)", line.strip())
-        if match:
-            listed[match.group(2)] = match.group(1).lower()
-    if path.name not in listed:
-        return Refusal(f"{sums.name} does not list {path.name}", rerun)
-    altered = [
-        name
-        for name, digest in listed.items()
-        if not (path.parent / name).is_file() or sha256_file(path.parent / name) != digest
-    ]
-    if altered:
-        return Refusal(
-            f"sha256 mismatch (changed or missing since signed): {', '.join(altered)}",
-            f"The sign-off was altered after it was written and cannot be trusted. {rerun}",
-        )
-    return None
 
 
 def sign_signoff(json_path: Path, key_path: Path) -> Path:
@@ -192,9 +166,10 @@ def check_predecessor(
             ],
             evidence,
         )
-    tampered = verify_checksum(path)
+    tampered = verify_checksums(path)
     if tampered is not None:
-        return _refused(link, wanted, str(path), [tampered], evidence)
+        refusal = Refusal(tampered.why, tampered.remedy)
+        return _refused(link, wanted, str(path), [refusal], evidence)
     signer = "not required (no [signoff] allowed_signers)"
     if allowed_signers is not None:
         verified = verify_signature(path, allowed_signers)

@@ -416,6 +416,36 @@ def write_checksums(paths: list[Path], checksum_path: Path) -> None:
     write_new(checksum_path, ("\n".join(lines) + "\n").encode())
 
 
+_CHECKSUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")  # sha256sum's output format
+
+
+def verify_checksums(path: Path) -> UnreadableSignoff | None:
+    """``sha256sum -c`` of the ``.sha256`` beside the sign-off JSON ``path``, which must list
+    it; None when every file it lists is unchanged, else why not."""
+    sums = path.with_suffix(".sha256")
+    rerun = "Rerun the phase for a fresh sign-off, or use the original from the release ticket."
+    if not sums.is_file():
+        return UnreadableSignoff(f"no checksum file {sums.name} beside it", rerun)
+    listed: dict[str, str] = {}
+    for line in sums.read_text(encoding="utf-8").splitlines():
+        match = _CHECKSUM_LINE.fullmatch(line.strip())
+        if match:
+            listed[match.group(2)] = match.group(1).lower()
+    if path.name not in listed:
+        return UnreadableSignoff(f"{sums.name} does not list {path.name}", rerun)
+    altered = [
+        name
+        for name, digest in listed.items()
+        if not (path.parent / name).is_file() or sha256_file(path.parent / name) != digest
+    ]
+    if altered:
+        return UnreadableSignoff(
+            f"sha256 mismatch (changed or missing since signed): {', '.join(altered)}",
+            f"The sign-off was altered after it was written and cannot be trusted. {rerun}",
+        )
+    return None
+
+
 # --- Reading a sign-off back --------------------------------------------------------------
 
 MAX_SIGNOFF_BYTES = 64 << 20  # a sign-off with all its evidence is a few MB; read no more
