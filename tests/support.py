@@ -19,7 +19,7 @@ from sqlalchemy.engine import make_url
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.phases.model import PHASES
-from pytest_ledger_rollout.phases.signoff import write_checksums
+from pytest_ledger_rollout.phases.signoff import SCHEMA_VERSION, write_checksums
 from pytest_ledger_rollout.targets.prometheus_server import PrometheusUnavailable, find_binaries
 
 REPO = Path(__file__).resolve().parent.parent
@@ -209,23 +209,26 @@ def write_signoff(
     head: str = HEAD,
     release: str | None = RELEASE,
     identity: dict[str, Any] | None = IDENTITY,
+    decision: str | None = None,
+    dry_run: bool = False,
     **fields: Any,
 ) -> Path:
-    """A sign-off as plugin.py writes it (schema version 2): HTML, JSON and the sha256 of both."""
+    """A sign-off as a phase run writes it (this schema version): HTML, JSON and the sha256 of
+    both. ``decision`` is OPS-02's verdict (GO, HOLD, ROLLBACK), ``dry_run`` whether it was."""
     folder.mkdir(parents=True, exist_ok=True)
     stem = folder / f"{phase}-{target}-{stamp}"
     environment = {"alembic head (expected)": head}
     if release is not None:
         environment["release"] = release
     document = {
-        "schema_version": 2,
+        "schema_version": SCHEMA_VERSION,
         "plugin_version": "0.1.0",
         "phase": phase,
         "target": target,
         "target_kind": "ephemeral" if rehearsal else "staging",
         "rehearsal": rehearsal,
         "verdict": "PASS",
-        "decision": None,
+        "decision": {"verdict": decision, "dry_run": dry_run} if decision else None,
         "aborted": None,
         "head": head,
         "release": release,

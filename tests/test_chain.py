@@ -176,7 +176,7 @@ def test_a_hand_written_five_field_signoff_is_refused(tmp_path: Path) -> None:
     write_checksums(
         [stem.with_suffix(".html"), stem.with_suffix(".json")], stem.with_suffix(".sha256")
     )
-    assert "schema_version None, not 2" in refusal(check(tmp_path))
+    assert "schema_version None, not 3: not a sign-off of this plugin" in refusal(check(tmp_path))
 
 
 @pytest.mark.parametrize(

@@ -25,7 +25,7 @@ def test_four_phases_in_order_rehearse_and_pass(tmp_path: Path, run_phase: RunPh
     roll, pilot, ga = runs["stg-roll"], runs["prd-pilot"], runs["prd-ga"]
     assert "webhook 401 share 0.00% after the flip" in roll.step("2.3")["evidence"]
     assert "over-withdrawal 400 INSUFFICIENT_FUNDS" in roll.step("2.4")["evidence"]
-    assert pilot.json()["decision"] == "GO"
+    assert pilot.json()["decision"] == {"verdict": "GO", "dry_run": False}
     assert "-> GO" in pilot.output
     for run in (pilot, ga):  # production phases read through read-only sessions
         assert run.json()["environment"]["read-only session"] == "yes"

@@ -16,10 +16,14 @@ import pytest
 from sqlalchemy import Engine, text
 
 from pytest_ledger_rollout.checks.flags import SQL, FlagSourceConfig, read_flags
-from pytest_ledger_rollout.checks.ops02 import DECISION_FACT, check_decision, tenant_flips
+from pytest_ledger_rollout.checks.metrics.decision import Verdict
+from pytest_ledger_rollout.checks.ops02 import Ops02Decision, decide_ops02, tenant_flips
 from pytest_ledger_rollout.config import load_config
+from pytest_ledger_rollout.phases.chain import check_predecessor
 from pytest_ledger_rollout.phases.model import PHASES
 from pytest_ledger_rollout.phases.rehearsal import RehearsalFailed, rehearse_production
+from pytest_ledger_rollout.phases.signoff import Verdict as SignoffVerdict
+from pytest_ledger_rollout.phases.signoff import read_signoff
 from pytest_ledger_rollout.phases.target_session import ServiceEndpoints
 from pytest_ledger_rollout.targets.identity import read_identity
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
@@ -27,7 +31,9 @@ from pytest_ledger_rollout.targets.postgres import EphemeralServer
 from .browser import visible_text
 from .loopback_http import LoopbackHTTP, Reply
 from .support import (
+    HEAD,
     REFERENCE_BACKEND,
+    RELEASE,
     PhaseRun,
     RunPhase,
     ScenarioDb,
@@ -130,14 +136,14 @@ def test_pilot_on_production_reads_only_and_needs_its_predecessor(
     for step_id in ("3.1", "3.2", "3.3"):
         assert found[step_id] == "not run"
         assert run.step(step_id)["evidence"] == "not attempted: 3.0 failed"
-    assert data["decision"] == "HOLD"
+    assert data["decision"] == {"verdict": "HOLD", "dry_run": False}
     assert "-> HOLD" in run.output
     run = run_prd(run_phase, config, production, "prd-pilot")
     found = outcomes(run)
     assert found["3.0"] == found["3.1"] == found["3.2"] == "passed", run.output
     # Evaluated now, the history (two days back) has no data: never GO.
     assert found["3.3"] == "failed"
-    assert run.json()["decision"] == "HOLD"
+    assert run.json()["decision"] == {"verdict": "HOLD", "dry_run": False}
     assert flag_rows(production) == before
     # The HOLD as an approver reads it, without scripts: the decision and why, per tenant.
     text = " ".join(visible_text(run.artifact(".html"), scripts=False).split())
@@ -189,8 +195,54 @@ def test_dry_run_reports_what_it_would_decide(
     dry = PILOT + "dry_run = true\n" + GA
     run = run_prd(run_phase, prod_config(tmp_path, production, dry), production, "prd-pilot")
     assert outcomes(run)["3.3"] == "passed"
-    assert run.json()["decision"] == "DRY RUN (would decide HOLD)"
+    assert run.json()["decision"] == {"verdict": "HOLD", "dry_run": True}
+    assert run.json()["environment"]["OPS-02 decision"] == "DRY RUN (would decide HOLD)"
     assert "DRY RUN: would decide HOLD" in run.step("3.3")["evidence"]
+    # The next phase reads the pilot's own sign-off typed, and no dry run passes its chain.
+    signoff = read_signoff(run.artifact(".json"))
+    assert signoff.decision == Ops02Decision(Verdict.HOLD, dry_run=True)
+    assert signoff.verdict is SignoffVerdict.PASS
+    ga = check_predecessor(
+        "prd-ga", signoff_dir=run.reports, head=HEAD, release=RELEASE, rehearsal=False,
+        identity=signoff.identity,
+    )  # fmt: skip
+    assert ga.failure is not None
+    assert ga.failure.title == (
+        "No valid prd-pilot sign-off: decision is DRY RUN (would decide HOLD), not GO"
+    )
+
+
+TEAM_DECIDES = """
+import pytest
+
+from pytest_ledger_rollout.checks.metrics.decision import Verdict
+from pytest_ledger_rollout.checks.ops02 import Ops02Decision, Ops02Outcome
+from pytest_ledger_rollout.results import passed
+
+
+@pytest.mark.dod("3.3")
+def test_team_says_go(evidence):
+    evidence.decide(Ops02Outcome(passed("the team's GO"), Ops02Decision(Verdict.GO)))
+"""
+
+
+def test_only_the_deciding_steps_packaged_check_decides(
+    production: Production, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    """A team's own check in 3.3 may not hand the run a decision: it errs, the run holds."""
+    team = tmp_path / "test_team_decides.py"
+    team.write_text(TEAM_DECIDES)
+    dry = PILOT + "dry_run = true\n" + GA
+    config = prod_config(tmp_path, production, dry)
+    run = run_prd(run_phase, config, production, "prd-pilot", str(team))
+    checks = {check["name"]: check for check in run.step("3.3")["checks"]}
+    assert checks["test_team_says_go"]["outcome"] == "error"
+    assert (
+        "test_team_says_go may not decide for prd-pilot" in checks["test_team_says_go"]["summary"]
+    )
+    # The packaged check decided (a dry run's HOLD); the team's GO reached nothing.
+    assert run.json()["decision"] == {"verdict": "HOLD", "dry_run": True}
+    assert outcomes(run)["3.3"] == "failed"
 
 
 def test_ga_with_undeclared_enforcement_fails_4_1(
@@ -334,7 +386,7 @@ def test_ops02_flip_times_come_from_the_configured_store(
         reference = tenant_flips(read_flags(FlagSourceConfig(SQL), connection), keys, tenants)
     # t-001 flipped its own rows; t-002 and t-003 inherit the global rows' change time.
     assert flips == reference and flips["t-002"] == flips["t-003"] < flips["t-001"]
-    decision = check_decision(
+    outcome = decide_ops02(
         production.endpoints.prometheus_url,
         ["t-001"],
         ["t-002", "t-003"],
@@ -342,8 +394,8 @@ def test_ops02_flip_times_come_from_the_configured_store(
         config.metrics.decision,
         at=production.endpoints.evaluate_at,
     )
-    assert decision.failure is None, decision.failure
-    assert decision.facts[DECISION_FACT] == "GO"
+    assert outcome.result.failure is None, outcome.result.failure
+    assert outcome.decision == Ops02Decision(Verdict.GO)
 
 
 @pytest.mark.parametrize(

@@ -33,7 +33,7 @@ def test_every_packaged_suite_function_is_in_the_model_and_back() -> None:
         declared = {check.name for step in phase.steps for check in step.checks}
         found = {
             line.split("(")[0].removeprefix("def ")
-            for path in (suites / phase.package).glob("test_*.py")
+            for path in (suites / phase.suite).glob("test_*.py")
             for line in path.read_text().splitlines()
             if line.startswith("def test_")
         }

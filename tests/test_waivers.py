@@ -13,7 +13,7 @@ from sqlalchemy import text
 
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases.model import PHASES, Role
-from pytest_ledger_rollout.phases.signoff import FAIL, PASS, CheckRecord, RunRecord
+from pytest_ledger_rollout.phases.signoff import CheckRecord, RunRecord, Verdict
 from pytest_ledger_rollout.phases.waivers import (
     WAIVED,
     WAIVED_NOT_RUN,
@@ -189,13 +189,13 @@ def waiver(step_id: str, *, run: bool = True, expired: bool = False) -> Waiver:
 @pytest.mark.parametrize(
     ("the_waiver", "checks", "step", "verdict"),
     [
-        (waiver("1.3"), ("passed", "failed"), WAIVED, PASS),
-        (waiver("1.3"), ("failed", "error"), "failed", FAIL),
-        (waiver("1.3"), ("error",), "failed", FAIL),
-        (waiver("1.3", expired=True), ("failed",), "failed", FAIL),
-        (waiver("1.3", run=False), ("skipped",), WAIVED_NOT_RUN, PASS),
+        (waiver("1.3"), ("passed", "failed"), WAIVED, Verdict.PASS),
+        (waiver("1.3"), ("failed", "error"), "failed", Verdict.FAIL),
+        (waiver("1.3"), ("error",), "failed", Verdict.FAIL),
+        (waiver("1.3", expired=True), ("failed",), "failed", Verdict.FAIL),
+        (waiver("1.3", run=False), ("skipped",), WAIVED_NOT_RUN, Verdict.PASS),
         (waiver("1.3", run=False, expired=True), ("skipped",), "not run", "INCOMPLETE"),
-        (waiver("1.3"), ("passed",), "passed", PASS),
+        (waiver("1.3"), ("passed",), "passed", Verdict.PASS),
         (waiver("1.3"), ("skipped",), "not run", "INCOMPLETE"),
     ],
 )

@@ -1,5 +1,7 @@
-"""The runbook's phases and their step model, declared once: each step's packaged checks with
-their roles, what each step needs, and which target kinds a phase may run against.
+"""The runbook's phases, each declared in one place: its step model (each step's packaged checks
+with their roles, what each step needs), the target kinds it may run against, the predecessor
+whose sign-off it builds on, how its embedded default is rehearsed, and its suite package.
+Adding a phase means adding it here and its suite under ``suites/``.
 
 The plugin orders and gates checks from this model only (never from file names or from the
 order other plugins leave behind), and a step passes only when every check it requires ran and
@@ -62,18 +64,48 @@ class Step:
         return tuple(check for check in self.checks if kind in check.required_on)
 
 
+class Needs(enum.StrEnum):
+    """What a phase asks of its predecessor's sign-off."""
+
+    PASS = "verdict PASS"
+    GO = "decision GO"  # the predecessor decided GO (not a dry run), with a PASS
+
+
+@dataclass(frozen=True)
+class Predecessor:
+    phase: str  # the name of the phase whose sign-off this phase builds on
+    needs: Needs
+    # Both phases run on one target: the predecessor's sign-off must be for this database.
+    same_database: bool
+
+
+class Rehearsal(enum.StrEnum):
+    """What the embedded default (an ephemeral target) plays before a phase's checks."""
+
+    NONE = "none"  # the checks run on the throwaway database as it is
+    # Seed, start the service and a Prometheus, play Phase 2 through the service.
+    STAGING_ROLLOUT = "staging rollout"
+    PILOT_STATE = "pilot state"  # production's state with the pilot tenants flipped
+    GA_STATE = "ga state"  # production's state with every declared wave flipped
+
+
 @dataclass(frozen=True)
 class Phase:
     name: str
     title: str  # with {target}: what the run is against, in words (see heading())
     allowed_kinds: frozenset[str]
     steps: tuple[Step, ...]  # every step is part of the phase's definition of done
+    suite: str  # its package of checks under pytest_ledger_rollout.suites (suites/)
+    predecessor: Predecessor | None = None  # the phase chain: whose sign-off it builds on
+    rehearsal: Rehearsal = Rehearsal.NONE
     # An ephemeral target starts at the deployed revision for the migration gate (so the
     # suite walks the real path to head), and at head for the later phases.
     ephemeral_at_baseline: bool = False
     # Production phases read only, even on a throwaway target (the rehearsal proves it).
     read_only: bool = False
-    decides: bool = False  # ends with GO / HOLD / ROLLBACK (the pilot's OPS-02 decision)
+    # The step whose packaged check hands the run its OPS-02 decision: the phase ends with
+    # GO / HOLD / ROLLBACK.
+    decision_step: str | None = None
     # The step a refused identity or a failed connection fails (else the run is only stopped).
     identity_step: str | None = None
     # Signs webhooks against the target's service (the withdrawals smoke): a real target's
@@ -95,8 +127,8 @@ class Phase:
         return not self.read_only
 
     @property
-    def package(self) -> str:
-        return self.name.replace("-", "_")
+    def decides(self) -> bool:
+        return self.decision_step is not None
 
     def step(self, step_id: str) -> Step | None:
         return next((step for step in self.steps if step.id == step_id), None)
@@ -165,6 +197,7 @@ PHASES: dict[str, Phase] = {
                     needs=("1.1", "1.2", "1.3"),
                 ),
             ),
+            suite="stg_mig",
             ephemeral_at_baseline=True,
             identity_step="1.1",
         ),
@@ -222,6 +255,9 @@ PHASES: dict[str, Phase] = {
                     ),
                 ),
             ),
+            suite="stg_roll",
+            predecessor=Predecessor("stg-mig", Needs.PASS, same_database=True),
+            rehearsal=Rehearsal.STAGING_ROLLOUT,
             signs_webhooks=True,
         ),
         Phase(
@@ -257,8 +293,12 @@ PHASES: dict[str, Phase] = {
                     needs=("3.0",),
                 ),
             ),
+            suite="prd_pilot",
+            # Staging's sign-off, then production: not one database.
+            predecessor=Predecessor("stg-roll", Needs.PASS, same_database=False),
+            rehearsal=Rehearsal.PILOT_STATE,
             read_only=True,
-            decides=True,
+            decision_step="3.3",
         ),
         Phase(
             "prd-ga",
@@ -299,6 +339,9 @@ PHASES: dict[str, Phase] = {
                     needs=("4.0",),
                 ),
             ),
+            suite="prd_ga",
+            predecessor=Predecessor("prd-pilot", Needs.GO, same_database=True),
+            rehearsal=Rehearsal.GA_STATE,
             read_only=True,
         ),
     )

@@ -1,10 +1,13 @@
-"""The embedded default of STG-ROLL: rehearse runbook Phase 2 on a throwaway database.
+"""The embedded defaults of the later phases, played on a throwaway database before the checks:
+what is played is the phase's ``rehearsal`` (the step model); ``rehearse`` dispatches on it.
 
-The service is started from the target's app_dir as a process, a real Prometheus scrapes it,
-and the runbook's steps are applied in order with traffic driven through the service: 2.1
-flags, 2.2 dry run then backfill, 2.3 signature flag (with traffic before and after it, for
-the 401 watch), 2.4 enforcement. The suite then decides the phase like it would on staging;
-the report says REHEARSAL."""
+STG-ROLL rehearses runbook Phase 2: the service is started from the target's app_dir as a
+process, a real Prometheus scrapes it, and the runbook's steps are applied in order with
+traffic driven through the service: 2.1 flags, 2.2 dry run then backfill, 2.3 signature flag
+(with traffic before and after it, for the 401 watch), 2.4 enforcement. The suite then decides
+the phase like it would on staging. PRD-PILOT and PRD-GA rehearse production's state (pilot
+tenants, or every wave, flipped) with a matching Prometheus history. The report says
+REHEARSAL."""
 
 from __future__ import annotations
 
@@ -28,7 +31,7 @@ from sqlalchemy import Engine, create_engine, text
 from pytest_ledger_rollout.checks.flags import SQL
 from pytest_ledger_rollout.checks.smoke import SIGNATURE_HEADER, sign
 from pytest_ledger_rollout.config import RolloutConfig
-from pytest_ledger_rollout.phases.model import Phase
+from pytest_ledger_rollout.phases.model import Phase, Rehearsal
 from pytest_ledger_rollout.phases.target_session import ServiceEndpoints
 from pytest_ledger_rollout.processes import (
     die_with_parent,
@@ -57,6 +60,23 @@ class RehearsalPlan:
     backfill_command: str = "python -m backend.scripts.backfill_wallet_balances --batch-size 1000"
     window: timedelta = timedelta(seconds=8)
     min_requests: int = 20  # per window: the traffic sends ~10x that
+
+
+def rehearse(
+    config: RolloutConfig,
+    phase: Phase,
+    app_dir: str,
+    engine: Engine,
+    database_url: str,
+    environment: dict[str, str],
+    stack: ExitStack,
+) -> ServiceEndpoints:
+    """Play ``phase``'s rehearsal on the throwaway database (``engine``, ``database_url``)."""
+    if phase.rehearsal is Rehearsal.STAGING_ROLLOUT:
+        return rehearse_stg_roll(config, RehearsalPlan(), app_dir, engine, environment, stack)
+    if phase.rehearsal in (Rehearsal.PILOT_STATE, Rehearsal.GA_STATE):
+        return rehearse_production(config, phase, app_dir, database_url, environment, stack)
+    raise RehearsalFailed(f"phase {phase.name} has no rehearsal ({phase.rehearsal})")
 
 
 def rehearse_stg_roll(
@@ -275,7 +295,7 @@ def rehearse_production(
             "the production rehearsal writes the flags into the [flags] table (table, "
             "key_column, ...); a flag service, a file or a query is no store it can backdate"
         )
-    waves = ga.waves if phase.name == "prd-ga" else (pilot.tenants,)
+    waves = ga.waves if phase.rehearsal is Rehearsal.GA_STATE else (pilot.tenants,)
     tenants = sorted({*pilot.tenants, *pilot.control_tenants, *(t for w in ga.waves for t in w)})
     if not tenants or not all(_TENANT.match(tenant) for tenant in tenants):
         raise RehearsalFailed(

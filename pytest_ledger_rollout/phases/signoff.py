@@ -1,8 +1,14 @@
-"""The run record: what each check saw, per runbook step, the verdict, and the JSON artifact."""
+"""Sign-offs, written and read in this one module: the run record (what each check saw, per
+runbook step, the typed verdict and the pilot's typed decision), the file names, the
+schema-versioned JSON, and the typed reader the phase chain trusts a predecessor through.
+
+Display strings (the verdict line, the environment table) are written for people and are
+never read back: the reader takes the JSON's typed fields only."""
 
 from __future__ import annotations
 
 import datetime as dt
+import enum
 import hashlib
 import json
 import os
@@ -14,17 +20,30 @@ from pathlib import Path
 from typing import Any
 
 from pytest_ledger_rollout import __version__
-from pytest_ledger_rollout.checks.ops02 import DECISION_FACT
+from pytest_ledger_rollout.checks.metrics.decision import Verdict as Ops02Verdict
+from pytest_ledger_rollout.checks.ops02 import Ops02Decision
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases.model import Phase, Role, Step
 from pytest_ledger_rollout.phases.provenance import RepositoryState
 from pytest_ledger_rollout.phases.waivers import WAIVED, Waiver, waived_outcome
 from pytest_ledger_rollout.results import Evidence, Failure
 
-PASS, FAIL, INCOMPLETE, INTERRUPTED = "PASS", "FAIL", "INCOMPLETE", "INTERRUPTED"
+
+class Verdict(enum.StrEnum):
+    """A phase run's verdict."""
+
+    PASS = "PASS"
+    FAIL = "FAIL"
+    INCOMPLETE = "INCOMPLETE"  # a required check did not run
+    INTERRUPTED = "INTERRUPTED"  # Ctrl-C or an internal error before the last check
+
+
 PASSED, FAILED, NOT_RUN = "passed", "failed", "not run"
 NOT_ATTEMPTED = "not attempted"  # how a check the step model held back says why
-SCHEMA_VERSION = 2  # of the sign-off JSON; chain.py validates against it
+# Of the sign-off JSON. 3: ``decision`` is ``{"verdict": "GO"|"HOLD"|"ROLLBACK", "dry_run":
+# bool}`` or null (2 held a display string such as "DRY RUN (would decide HOLD)").
+SCHEMA_VERSION = 3
+DECISION_SHOWN = "OPS-02 decision"  # the environment table's row (for people only)
 
 
 @dataclass
@@ -70,6 +89,17 @@ class RunRecord:
     started: dt.datetime | None = None
     finished: dt.datetime | None = None
     repositories: dict[str, RepositoryState | None] = field(default_factory=dict)
+    ops02: Ops02Decision | None = None  # what the phase's deciding step decided
+
+    def decide(self, decision: Ops02Decision) -> None:
+        """The deciding step hands its decision over, once: a second decision is a defect of
+        the suite, never silently the newer one."""
+        if not self.phase.decides:
+            raise ValueError(f"phase {self.phase.name} takes no OPS-02 decision")
+        if self.ops02 is not None:
+            raise ValueError(f"the run already decided {self.ops02}; a second decision {decision}")
+        self.ops02 = decision
+        self.environment[DECISION_SHOWN] = str(decision)
 
     @property
     def rehearsal(self) -> bool:
@@ -166,31 +196,31 @@ class RunRecord:
             self._outcome_of(outcome.step.id, check.name) == "passed" for check in required
         )
 
-    def verdict(self) -> str:
+    def verdict(self) -> Verdict:
         # A waived step (failure waived, or not run by its waiver) neither fails nor leaves
         # the phase incomplete; the verdict line names it.
         if self.aborted:
-            return FAIL
+            return Verdict.FAIL
         if self.interrupted:
-            return INTERRUPTED
+            return Verdict.INTERRUPTED
         outcomes = [s.outcome for s in self.step_outcomes()]
         if FAILED in outcomes:
-            return FAIL
+            return Verdict.FAIL
         if NOT_RUN in outcomes:
-            return INCOMPLETE
-        return PASS
+            return Verdict.INCOMPLETE
+        return Verdict.PASS
 
-    def decision(self) -> str | None:
+    def decision(self) -> Ops02Decision | None:
         """A deciding phase's GO / HOLD / ROLLBACK: GO only when every step passed and OPS-02
-        said GO; ROLLBACK when OPS-02 said so; a dry run says what it would decide."""
+        said GO; HOLD when OPS-02 decided nothing; a dry run says what it would decide."""
         if not self.phase.decides:
             return None
-        ops02 = self.environment.get(DECISION_FACT, "")
-        if ops02 == "GO":
-            return "GO" if self.verdict() == PASS else "HOLD"
-        if ops02 == "ROLLBACK" or ops02.startswith("DRY RUN"):
-            return ops02
-        return "HOLD"
+        ops02 = self.ops02
+        if ops02 is None:
+            return Ops02Decision(Ops02Verdict.HOLD)
+        if ops02.go and self.verdict() is not Verdict.PASS:
+            return Ops02Decision(Ops02Verdict.HOLD)
+        return ops02
 
     def as_json(self) -> dict[str, Any]:
         return {
@@ -200,8 +230,8 @@ class RunRecord:
             "target": self.target,
             "target_kind": self.target_kind,
             "rehearsal": self.rehearsal,
-            "verdict": self.verdict(),
-            "decision": self.decision(),
+            "verdict": str(self.verdict()),
+            "decision": _decision_json(self.decision()),
             "aborted": self.aborted,
             "interrupted": self.interrupted,
             "head": self.head,
@@ -248,6 +278,12 @@ class RunRecord:
         }
 
 
+def _decision_json(decision: Ops02Decision | None) -> dict[str, Any] | None:
+    if decision is None:
+        return None
+    return {"verdict": str(decision.verdict), "dry_run": decision.dry_run}
+
+
 CHECK_OUTCOMES = ("passed", "failed", "error", "skipped")
 
 
@@ -280,15 +316,42 @@ class SignoffPaths:
 
 
 _UNSAFE_NAME = re.compile(r"[^A-Za-z0-9._-]")
+STAMP_FORMAT = "%Y%m%dT%H%M%SZ"  # the UTC start in a sign-off's name
+
+
+def _safe(part: str) -> str:
+    return _UNSAFE_NAME.sub("_", part)
 
 
 def signoff_paths(folder: Path, phase: str, target: str, started: dt.datetime) -> SignoffPaths:
     """``<phase>-<target>-<UTC stamp>.{html,json,sha256}`` inside ``folder``, whatever the names
     hold: anything but letters, digits and ``._-`` becomes ``_``, so no separator survives."""
     folder = folder.resolve()
-    name = "-".join(_UNSAFE_NAME.sub("_", part) for part in (phase, target))
-    stem = folder / f"{name}-{started.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}"
+    stamp = started.astimezone(dt.UTC).strftime(STAMP_FORMAT)
+    stem = folder / f"{_safe(phase)}-{_safe(target)}-{stamp}"
     return SignoffPaths(*(stem.with_name(f"{stem.name}.{s}") for s in ("html", "json", "sha256")))
+
+
+def signed_at(path: Path, phase: str) -> dt.datetime | None:
+    """When the run that wrote the sign-off JSON ``path`` of ``phase`` started, from the name
+    ``signoff_paths`` gave it; None when it is no such name."""
+    prefix = f"{_safe(phase)}-"
+    if path.suffix != ".json" or not path.name.startswith(prefix):
+        return None
+    target, _, stamp = path.stem.removeprefix(prefix).rpartition("-")
+    try:
+        started = dt.datetime.strptime(stamp, STAMP_FORMAT)
+    except ValueError:
+        return None
+    if not target or started.strftime(STAMP_FORMAT) != stamp:
+        return None
+    return started.replace(tzinfo=dt.UTC)
+
+
+def signoffs_of(folder: Path, phase: str) -> list[Path]:
+    """The sign-off JSONs of ``phase`` in ``folder``, oldest first (by the start in the name)."""
+    found = [(signed_at(p, phase), p) for p in folder.glob(f"{_safe(phase)}-*.json")]
+    return [p for started, p in sorted((s, p) for s, p in found if s is not None)]
 
 
 def write_new(path: Path, data: bytes) -> None:
@@ -351,3 +414,200 @@ def write_checksums(paths: list[Path], checksum_path: Path) -> None:
     """``sha256sum -c`` compatible, names relative to the checksum file."""
     lines = [f"{sha256_file(p)}  {p.name}" for p in paths if p.exists()]
     write_new(checksum_path, ("\n".join(lines) + "\n").encode())
+
+
+_CHECKSUM_LINE = re.compile(r"([0-9a-fA-F]{64}) [ *](.+)")  # sha256sum's output format
+
+
+def verify_checksums(path: Path) -> UnreadableSignoff | None:
+    """``sha256sum -c`` of the ``.sha256`` beside the sign-off JSON ``path``, which must list
+    it; None when every file it lists is unchanged, else why not."""
+    sums = path.with_suffix(".sha256")
+    rerun = "Rerun the phase for a fresh sign-off, or use the original from the release ticket."
+    if not sums.is_file():
+        return UnreadableSignoff(f"no checksum file {sums.name} beside it", rerun)
+    listed: dict[str, str] = {}
+    for line in sums.read_text(encoding="utf-8").splitlines():
+        match = _CHECKSUM_LINE.fullmatch(line.strip())
+        if match:
+            listed[match.group(2)] = match.group(1).lower()
+    if path.name not in listed:
+        return UnreadableSignoff(f"{sums.name} does not list {path.name}", rerun)
+    altered = [
+        name
+        for name, digest in listed.items()
+        if not (path.parent / name).is_file() or sha256_file(path.parent / name) != digest
+    ]
+    if altered:
+        return UnreadableSignoff(
+            f"sha256 mismatch (changed or missing since signed): {', '.join(altered)}",
+            f"The sign-off was altered after it was written and cannot be trusted. {rerun}",
+        )
+    return None
+
+
+# --- Reading a sign-off back --------------------------------------------------------------
+
+MAX_SIGNOFF_BYTES = 64 << 20  # a sign-off with all its evidence is a few MB; read no more
+
+
+class UnreadableSignoff(ValueError):
+    """Not a sign-off this plugin reads: why, and what to do."""
+
+    def __init__(self, why: str, remedy: str) -> None:
+        super().__init__(why)
+        self.why = why
+        self.remedy = remedy
+
+
+@dataclass(frozen=True)
+class SignedStep:
+    """A step as a sign-off recorded it (its outcome as written; None when not a string)."""
+
+    id: str
+    outcome: str | None
+    check_outcomes: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Signoff:
+    """A sign-off JSON read back: typed, of this plugin's schema version."""
+
+    path: Path
+    plugin_version: str
+    phase: str
+    target: str
+    target_kind: str
+    rehearsal: bool
+    verdict: Verdict
+    decision: Ops02Decision | None
+    head: str | None
+    release: str | None
+    identity: Mapping[str, Any] | None
+    steps: Mapping[str, SignedStep]  # by step id
+
+
+def _forged() -> str:
+    return (
+        f"Use the sign-off JSON its phase wrote (this plugin, schema version {SCHEMA_VERSION}), "
+        "unedited."
+    )
+
+
+def read_signoff(path: Path) -> Signoff:
+    """The sign-off JSON at ``path``, typed; ``UnreadableSignoff`` for anything else: another
+    schema version (named), a missing or malformed field, a file that is no JSON object."""
+    try:
+        with path.open("rb") as handle:
+            raw = handle.read(MAX_SIGNOFF_BYTES + 1)
+        if len(raw) > MAX_SIGNOFF_BYTES:
+            raise ValueError(f"larger than {MAX_SIGNOFF_BYTES} bytes")
+        document = json.loads(raw)
+    except (OSError, ValueError, RecursionError) as exc:  # RecursionError: nesting too deep
+        document = f"{type(exc).__name__}: {exc}"
+    if not isinstance(document, dict):
+        raise UnreadableSignoff(
+            f"not a sign-off JSON object ({document!r:.80})", "Give the sign-off JSON."
+        )
+    _check_version(document)
+    text = {
+        key: document.get(key)
+        for key in ("plugin_version", "phase", "target", "target_kind", "verdict")
+    }
+    wrong = [key for key, value in text.items() if not isinstance(value, str) or not value]
+    if not isinstance(document.get("rehearsal"), bool):
+        wrong.append("rehearsal")
+    if text["verdict"] not in list(Verdict):
+        wrong.append("verdict")
+    readable, decision = _read_decision(document.get("decision"))
+    if not readable:
+        wrong.append("decision")
+    for key, types in (("head", str), ("release", str), ("identity", dict)):
+        if not isinstance(document.get(key), types | None):
+            wrong.append(key)
+    for key, container in (("steps", list), ("environment", dict)):
+        if not isinstance(document.get(key), container):
+            wrong.append(key)
+    if wrong:
+        keys = [key for key in _FIELDS if key in wrong]
+        raise UnreadableSignoff(f"missing or malformed: {', '.join(keys)}", _forged())
+    return Signoff(
+        path=path,
+        plugin_version=str(text["plugin_version"]),
+        phase=str(text["phase"]),
+        target=str(text["target"]),
+        target_kind=str(text["target_kind"]),
+        rehearsal=bool(document["rehearsal"]),
+        verdict=Verdict(str(text["verdict"])),
+        decision=decision,
+        head=document.get("head"),
+        release=document.get("release"),
+        identity=document.get("identity"),
+        steps=_read_steps(document["steps"]),
+    )
+
+
+_FIELDS = (
+    "plugin_version", "phase", "target", "target_kind", "rehearsal", "verdict", "decision",
+    "head", "release", "identity", "steps", "environment",
+)  # fmt: skip
+
+
+def _check_version(document: Mapping[str, Any]) -> None:
+    version = document.get("schema_version")
+    if version == SCHEMA_VERSION and type(version) is int:
+        return
+    phase = document.get("phase")
+    rerun = (
+        f"Rerun {phase if isinstance(phase, str) else 'its phase'} with pytest-ledger-rollout "
+        f"{__version__} for a sign-off of schema version {SCHEMA_VERSION}."
+    )
+    if type(version) is not int:
+        why, remedy = "not a sign-off of this plugin", _forged()
+    elif version < SCHEMA_VERSION:
+        why = f"written by an earlier plugin in sign-off schema {version}"
+        remedy = rerun
+    else:
+        why = f"written by a later plugin in sign-off schema {version}"
+        remedy = f"Use the plugin version that wrote it, or {rerun[0].lower()}{rerun[1:]}"
+    raise UnreadableSignoff(
+        f"schema_version {version!r}, not {SCHEMA_VERSION}: {why} (this plugin, {__version__}, "
+        f"reads schema version {SCHEMA_VERSION} only)",
+        remedy,
+    )
+
+
+def _read_decision(value: object) -> tuple[bool, Ops02Decision | None]:
+    """The JSON's ``decision`` (None or an ``Ops02Decision``), and whether it was well-formed."""
+    if value is None:
+        return True, None
+    if not isinstance(value, dict) or set(value) != {"verdict", "dry_run"}:
+        return False, None
+    verdict, dry_run = value["verdict"], value["dry_run"]
+    if verdict not in list(Ops02Verdict) or not isinstance(dry_run, bool):
+        return False, None
+    return True, Ops02Decision(Ops02Verdict(verdict), dry_run=dry_run)
+
+
+def _read_steps(steps: list[Any]) -> dict[str, SignedStep]:
+    """The steps with a text id; their outcome and their checks' outcomes where they are text
+    (a malformed entry proves nothing, and is judged as such, not a crash)."""
+    read: dict[str, SignedStep] = {}
+    for step in steps:
+        if not isinstance(step, dict) or not _text(step.get("id")):
+            continue
+        checks = step.get("checks")
+        outcomes = tuple(
+            c["outcome"]
+            for c in (checks if isinstance(checks, list) else [])
+            if isinstance(c, dict) and _text(c.get("outcome"))
+        )
+        outcome = step.get("outcome")
+        read[step["id"]] = SignedStep(
+            step["id"], outcome if isinstance(outcome, str) else None, outcomes
+        )
+    return read
+
+
+def _text(value: object) -> bool:
+    return isinstance(value, str) and bool(value)

@@ -11,6 +11,7 @@ from sqlalchemy.engine import Connection
 from pytest_ledger_rollout.checks.flags import FlagRelation, FlagSourceError, FlagState, read_flags
 from pytest_ledger_rollout.checks.forensics.history import scratch_database
 from pytest_ledger_rollout.checks.migrations import AlembicProject
+from pytest_ledger_rollout.checks.ops02 import Ops02Outcome
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.phases.chain import check_predecessor
 from pytest_ledger_rollout.phases.target_session import (
@@ -18,7 +19,13 @@ from pytest_ledger_rollout.phases.target_session import (
     TargetSession,
     require_destructive,
 )
-from pytest_ledger_rollout.plugin.state import ITEM_EVIDENCE, ITEM_SUMMARY, RUN_STATE, RunState
+from pytest_ledger_rollout.plugin.state import (
+    ITEM_EVIDENCE,
+    ITEM_PLAN,
+    ITEM_SUMMARY,
+    RUN_STATE,
+    RunState,
+)
 from pytest_ledger_rollout.results import CheckResult, DodFailure, Failure
 from pytest_ledger_rollout.targets.postgres import start_ephemeral
 
@@ -38,6 +45,19 @@ class StepRecorder:
         self._state = state
         self.scrubber = state.scrubber
         item.stash[ITEM_EVIDENCE] = []
+
+    def decide(self, outcome: Ops02Outcome) -> None:
+        """The phase's deciding check (the pilot's 3.3): its decision goes to the run record
+        as it is, typed, then its result is checked like any other."""
+        plan = self._item.stash.get(ITEM_PLAN, None)
+        phase = self._state.phase
+        if plan is None or plan.check is None or plan.step.id != phase.decision_step:
+            raise RuntimeError(
+                f"{self._item.name} may not decide for {phase.name}: only the packaged "
+                f"check of its deciding step ({phase.decision_step or 'none'}) does"
+            )
+        self._state.record.decide(outcome.decision)
+        self.check(outcome.result)
 
     def check(self, *results: CheckResult) -> None:
         if not results:

@@ -22,19 +22,21 @@ from pytest_ledger_rollout import __version__
 from pytest_ledger_rollout.config import ConfigError, load_config
 from pytest_ledger_rollout.masking import Scrubber, mask_url
 from pytest_ledger_rollout.phases.chain import SigningError, sign_signoff
-from pytest_ledger_rollout.phases.model import PHASES, ROLE_ORDER, TEAM_ROLES, Phase, Role
-from pytest_ledger_rollout.phases.provenance import RepositoryState, repository_state
-from pytest_ledger_rollout.phases.rehearsal import (
-    RehearsalFailed,
-    RehearsalPlan,
-    rehearse_production,
-    rehearse_stg_roll,
+from pytest_ledger_rollout.phases.model import (
+    PHASES,
+    ROLE_ORDER,
+    TEAM_ROLES,
+    Phase,
+    Rehearsal,
+    Role,
 )
+from pytest_ledger_rollout.phases.provenance import RepositoryState, repository_state
+from pytest_ledger_rollout.phases.rehearsal import RehearsalFailed, rehearse
 from pytest_ledger_rollout.phases.signoff import (
     NOT_ATTEMPTED,
-    PASS,
     CheckRecord,
     RunRecord,
+    Verdict,
     place_staged,
     sha256_file,
     signoff_paths,
@@ -73,8 +75,6 @@ from pytest_ledger_rollout.targets.postgres import EphemeralUnavailable
 from pytest_ledger_rollout.targets.prometheus_server import PrometheusUnavailable
 
 SUITES_PACKAGE = "pytest_ledger_rollout.suites"
-REHEARSED_PHASES = frozenset({"stg-roll", "prd-pilot", "prd-ga"})  # embedded defaults that
-# play the runbook's steps on the throwaway target before the checks
 
 
 def _config_path(config: pytest.Config) -> Path:
@@ -260,7 +260,7 @@ def _suite_dir(phase: Phase) -> Path:
     import importlib
 
     suites = importlib.import_module(SUITES_PACKAGE)
-    return Path(str(suites.__file__)).parent / phase.package
+    return Path(str(suites.__file__)).parent / phase.suite
 
 
 def _operator() -> str:
@@ -392,7 +392,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         _refuse(state, refused)
     identity = state.session.identity
     state.record.identity = identity.as_json()
-    if state.target.kind == EPHEMERAL and state.phase.name in REHEARSED_PHASES:
+    if state.target.kind == EPHEMERAL and state.phase.rehearsal is not Rehearsal.NONE:
         _rehearse(state)
     state.record.environment.update(
         {
@@ -522,17 +522,11 @@ def _rehearse(state: RunState) -> None:
                 f'target {state.target.name} needs app_host = "local://" and an app_dir '
                 "holding the service to rehearse with"
             )
-        if state.phase.read_only:
-            assert state.session.ephemeral is not None
-            state.session.services = rehearse_production(
-                state.config, state.phase, app_dir, state.session.ephemeral.url,
-                dict(os.environ), state.stack,
-            )  # fmt: skip
-        else:
-            state.session.services = rehearse_stg_roll(
-                state.config, RehearsalPlan(), app_dir, state.session.engine, dict(os.environ),
-                state.stack,
-            )  # fmt: skip
+        assert state.session.ephemeral is not None
+        state.session.services = rehearse(
+            state.config, state.phase, app_dir, state.session.engine,
+            state.session.ephemeral.url, dict(os.environ), state.stack,
+        )  # fmt: skip
     except (RehearsalFailed, PrometheusUnavailable) as exc:
         state.record.aborted = state.scrubber.scrub(f"The rehearsal could not run: {exc}")
         pytest.exit(state.record.aborted, returncode=pytest.ExitCode.TESTS_FAILED)
@@ -624,7 +618,7 @@ def pytest_sessionfinish(session: pytest.Session) -> Generator[None, None, None]
             # The sign-off stands unsigned and says so; a chain that needs signatures refuses.
             record.aborted = record.aborted or f"The sign-off could not be signed: {exc}"
             session.exitstatus = pytest.ExitCode.TESTS_FAILED
-    if record.verdict() != PASS and session.exitstatus == pytest.ExitCode.OK:
+    if record.verdict() is not Verdict.PASS and session.exitstatus == pytest.ExitCode.OK:
         session.exitstatus = pytest.ExitCode.TESTS_FAILED
     return result
 

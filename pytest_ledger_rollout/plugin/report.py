@@ -12,22 +12,24 @@ from collections.abc import Iterable, Iterator
 from html import escape
 
 from pytest_ledger_rollout.phases.signoff import (
-    FAIL,
     FAILED,
-    INCOMPLETE,
-    INTERRUPTED,
     NOT_RUN,
-    PASS,
     PASSED,
     CheckRecord,
     RunRecord,
     StepOutcome,
+    Verdict,
     count_outcomes,
 )
 from pytest_ledger_rollout.phases.waivers import WAIVED, WAIVED_NOT_RUN
 from pytest_ledger_rollout.results import TABLE_EVIDENCE, Evidence, Failure
 
-_COLOURS = {PASS: "#1b7f3b", FAIL: "#b00020", INCOMPLETE: "#9a6700", INTERRUPTED: "#b00020"}
+_COLOURS = {
+    Verdict.PASS: "#1b7f3b",
+    Verdict.FAIL: "#b00020",
+    Verdict.INCOMPLETE: "#9a6700",
+    Verdict.INTERRUPTED: "#b00020",
+}
 _STEP_COLOURS = {
     PASSED: "#1b7f3b",
     FAILED: "#b00020",
@@ -93,7 +95,7 @@ def summary_html(record: RunRecord) -> str:
     verdict = record.verdict()
     decision = record.decision()
     steps = record.step_outcomes()
-    shown = f"Verdict: {verdict}" + (f" -> decision {decision}" if decision else "")
+    shown = f"Verdict: {verdict}" + (f" -> decision {decision}" if decision is not None else "")
     banner = (
         f"<p id='ledger-rollout-rehearsal' class='ledger-rollout-banner'>{REHEARSAL_NOTICE}</p>"
         if record.rehearsal

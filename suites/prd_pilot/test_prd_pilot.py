@@ -7,7 +7,7 @@ from sqlalchemy.engine import Connection
 from pytest_ledger_rollout.checks.flags import FlagRelation, FlagState
 from pytest_ledger_rollout.checks.ledger import check_no_mismatch
 from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
-from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
+from pytest_ledger_rollout.checks.ops02 import decide_ops02, tenant_flips
 from pytest_ledger_rollout.checks.pilot.blast_radius import check_pilot_flags
 from pytest_ledger_rollout.checks.pilot.candidates import candidates_report, check_pilot_tenants
 from pytest_ledger_rollout.config import RolloutConfig
@@ -70,8 +70,8 @@ def test_ops02_decision(
     pilot, flags = rollout_config.pilot, rollout_config.flags
     services = rollout_target.services
     rollback = rollout_config.ga.rollback_flags
-    evidence.check(
-        check_decision(
+    evidence.decide(
+        decide_ops02(
             services.prometheus_url,
             pilot.tenants,
             pilot.control_tenants,
