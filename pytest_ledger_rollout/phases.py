@@ -48,6 +48,11 @@ class Check:
     # Target kinds on which the step requires it; elsewhere it may skip (it still fails the
     # step when it runs and fails).
     required_on: frozenset[str] = EVERY_KIND
+    # False: its failure fails its step (and the verdict) but does not hold back the steps
+    # that need its step, which still run and decide (their own pre-flights still gate them).
+    holds_back: bool = True
+    # False: no waiver of its step covers its failure.
+    waivable: bool = True
 
 
 @dataclass(frozen=True)
