@@ -13,6 +13,7 @@ from .config import RolloutConfig
 from .flags import FlagRelation, FlagSourceError, FlagState, read_flags
 from .forensics.history import scratch_database
 from .forensics.snapshot import walk_settings
+from .masking import Scrubber
 from .migrations import AlembicProject
 from .postgres import start_ephemeral
 from .results import CheckResult, DodFailure, Failure
@@ -82,6 +83,12 @@ def rollout_target(request: pytest.FixtureRequest) -> TargetSession:
     if session is None:
         raise pytest.UsageError("the target was not brought up for this run")
     return session
+
+
+@pytest.fixture(scope="session")
+def rollout_scrubber(request: pytest.FixtureRequest) -> Scrubber:
+    """The run's secret scrubber (register a secret before it can reach any output)."""
+    return _run_state(request).scrubber
 
 
 @pytest.fixture(scope="session")

@@ -575,8 +575,10 @@ def not_replayable(project: AlembicProject, exc: MigrationError) -> Failure:
         "SQLAlchemy connection, e.g. running the application's Base.metadata.create_all), or\n"
         '2. base_schema = "base_schema.sql": a file with that schema (`pg_dump --schema-only '
         "--no-owner` of a database just before the first revision).\n"
-        "Until then the forensics cannot fingerprint this history and no ephemeral target can "
-        "be migrated; on a staging target the upgrade (1.2) and smoke (1.4) still run."
+        "Until then the forensics cannot fingerprint this history, no ephemeral target can "
+        "be migrated and the verdict stays FAIL (no waiver covers this); on a staging target "
+        "the pending revisions are rehearsed on a schema-only copy of it, and the upgrade "
+        "(1.2) and smoke (1.4) still run and decide."
     )
     return Failure(
         f"The migration history cannot be replayed on a fresh database: revision "

@@ -83,6 +83,24 @@ def find_bindir(settings: EphemeralSettings) -> str:
     )
 
 
+def find_client(tool: str, settings: EphemeralSettings) -> str:
+    """A PostgreSQL client binary (pg_dump, psql), looked for where the server binaries are
+    (settings.bindir, LEDGER_ROLLOUT_PG_BINDIR, pg_config, /usr/lib/postgresql/*/bin, newest
+    first), then on PATH; else EphemeralUnavailable."""
+    folders = [f for f in (settings.bindir, os.environ.get(BINDIR_ENV)) if f]
+    for folder in [*folders, *_discovered_bindirs()]:
+        path = os.path.join(folder, tool)
+        if os.access(path, os.X_OK):
+            return path
+    found = shutil.which(tool)
+    if found is None:
+        raise EphemeralUnavailable(
+            f"the PostgreSQL client {tool} was not found: install the PostgreSQL client "
+            f"binaries (Debian/Ubuntu: apt-get install postgresql-client) or set {BINDIR_ENV}"
+        )
+    return found
+
+
 def _has_tools(folder: str) -> bool:
     return all(os.access(os.path.join(folder, tool), os.X_OK) for tool in TOOLS)
 
