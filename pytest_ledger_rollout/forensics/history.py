@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from alembic.runtime.migration import MigrationContext, MigrationInfo
-from psycopg.conninfo import make_conninfo
 from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection, Engine, make_url
 from sqlalchemy.exc import DBAPIError
@@ -236,7 +235,8 @@ def prove_downgrades(
         if expected is None or heads != set(back):
             verdicts[revision] = "downgrade ran; not compared (a branch point)"
             return
-        differences = expected.differences(read(ctx.connection))
+        seen = read(ctx.connection)
+        differences = () if seen.objects == expected.objects else expected.differences(seen)
         if not differences:
             verdicts[revision] = f"downgrade restores {parent}"
             return
@@ -311,6 +311,8 @@ def rehearse_on_copy(
 def dump_schema(target_url: str, settings: EphemeralSettings, lock_wait_ms: int) -> str:
     """``pg_dump --schema-only`` of the target, in a read-only session (the password in a
     private PGPASSFILE, never on the command line)."""
+    from psycopg.conninfo import make_conninfo
+
     from ..postgres.local import find_client  # the local provider's module: loaded on use
 
     try:
