@@ -35,9 +35,9 @@ from .evidence import (
 )
 from .masking import Scrubber, mask_url
 from .metrics.server import PrometheusUnavailable
-from .options import DOD_MARKER, option
+from .options import DOD_MARKER, option, rollout_config_path
 from .phases import EPHEMERAL, PHASES, ROLE_ORDER, TEAM_ROLES, Phase, Role
-from .postgres import EphemeralUnavailable
+from .postgres import EarlyServer, EphemeralUnavailable
 from .provenance import RepositoryState, repository_state
 from .rehearsal import RehearsalFailed, RehearsalPlan, rehearse_production, rehearse_stg_roll
 from .report import check_counts, report_title, summary_html, terminal_lines, verdict_line
@@ -59,26 +59,10 @@ REHEARSED_PHASES = frozenset({"stg-roll", "prd-pilot", "prd-ga"})  # embedded de
 # play the runbook's steps on the throwaway target before the checks
 
 
-def _config_path(config: pytest.Config) -> Path:
-    """The rollout config: as given, else the default name where pytest was invoked, then in
-    its rootdir; missing, the error lists every place looked at."""
-    value, base = option(config, "rollout_config")
-    assert value is not None
-    if config.getoption("rollout_config") or config.getini("rollout_config"):
-        return (base / value).resolve()
-    places = list(dict.fromkeys((base / value, config.rootpath / value)))
-    found = next((place for place in places if place.is_file()), None)
-    if found is None:
-        raise pytest.UsageError(
-            f"no rollout config: looked for {' and '.join(str(p) for p in places)}; "
-            "run from the folder that holds it or pass --rollout-config=PATH"
-        )
-    return found.resolve()
-
-
-def configure(config: pytest.Config, phase_name: str) -> None:
+def configure(config: pytest.Config, phase_name: str, early: EarlyServer | None = None) -> None:
     """The phase run from its options (before pytest-html reads --html): its state, the
-    sign-off paths, the suite to collect, and the ephemeral target starting meanwhile."""
+    sign-off paths, the suite to collect, and the ephemeral target starting meanwhile (on the
+    server ``early`` started, when it was started for this target)."""
     # Registered from here, not by the plugin: the fixtures read the run state through the
     # same state module as these hooks even when pytester's inline runs drop lazily imported
     # modules from sys.modules and a suite imports fixtures.py anew.
@@ -103,8 +87,10 @@ def configure(config: pytest.Config, phase_name: str) -> None:
     config.args = [suite, *(arg for arg in given if arg != suite)]
     if state.target.kind == EPHEMERAL and not config.option.collectonly:
         state.ephemeral_start = start_in_background(
-            state.config, state.target, state.phase, state.stack
+            state.config, state.target, state.phase, state.stack, early
         )
+    elif early is not None:
+        early.stop()
 
 
 def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
@@ -116,7 +102,7 @@ def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
             f"phase {phase.name} has no checks in pytest-ledger-rollout {__version__}: "
             "nothing can decide it yet"
         )
-    config_path = _config_path(config)
+    config_path = rollout_config_path(config)
     try:
         rollout = load_config(config_path)
     except ConfigError as exc:
