@@ -7,10 +7,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import gc
 import getpass
 import html
 import io
 import os
+import sys
 import tempfile
 from collections.abc import Generator
 from pathlib import Path
@@ -615,6 +617,13 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     reporter = config.pluginmanager.get_plugin("terminalreporter")
     if reporter is not None:
         reporter.write_line(f"ledger-rollout verdict: {verdict_line(state.record)}", bold=True)
+    if config.invocation_params.args == tuple(sys.argv[1:]):
+        # The run is this process's own command line, and done: the interpreter's exit would
+        # now garbage-collect every object the run and its migrations' application imported
+        # (0.5-1 s with MLflow's), only to free memory the exit frees anyway. Objects existing
+        # now are left to the exit; atexit handlers still run. Not in an in-process run (a
+        # pytester test), where the process goes on.
+        gc.freeze()
 
 
 # --- Secrets and the HTML report: second lines of defence on pytest's own output paths -------
