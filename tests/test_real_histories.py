@@ -441,6 +441,22 @@ def test_mlflow_staging_without_base_schema_copy_names_a_revision_that_will_fail
     assert empty_db.scalar("SELECT version_num FROM alembic_version") == "400f98739977"
 
 
+def test_mlflow_staging_at_head_without_base_schema_cannot_check_drift(
+    empty_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    # Nothing pending: the copy would only be the target itself, so drift at head has nothing
+    # honest to be compared with and fails closed (it does not pass against its own copy).
+    config = mlflow_staging_without_base_schema(empty_db, tmp_path)
+    at_revision(empty_db, MLFLOW / "alembic.ini", MLFLOW_HEAD)
+    run = run_phase(config, "--target=staging", NO_APP_HOST, url=empty_db.url)
+    assert "INTERNALERROR" not in run.output
+    assert run.json()["verdict"] == "FAIL"
+    assert check_record(run, "1.2", "test_upgrade_head")["summary"].startswith("already at head")
+    drift = check_record(run, "1.3", "test_no_drift_at_head")
+    assert drift["outcome"] != "passed"
+    assert drift["failure"]["title"].startswith("No fingerprint to compare with")
+
+
 def test_the_schema_copy_keeps_the_password_off_the_command_line(
     monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
