@@ -471,7 +471,10 @@ def test_the_schema_copy_keeps_the_password_off_the_command_line(
     monkeypatch.setattr(subprocess, "run", fake_run)
     monkeypatch.setenv("PGPASSWORD", "inherited-secret")
     secret = "s3cr:et\\pw@x"
-    url = f"postgresql+psycopg://ledger:{quote(secret, safe='')}@db.internal:5433/ledger"
+    url = (
+        f"postgresql+psycopg://ledger:{quote(secret, safe='')}@db.internal:5433/ledger"
+        "?sslmode=require&host=/run/pg"  # libpq parameters in the query override the authority
+    )
     assert dump_schema(url, EphemeralSettings(), 2000) == "-- dump\n"
     assert not any(secret in arg or "s3cr" in arg for arg in seen["argv"])
     assert "PGPASSWORD" not in seen["env"]
@@ -479,4 +482,5 @@ def test_the_schema_copy_keeps_the_password_off_the_command_line(
     assert not Path(seen["env"]["PGPASSFILE"]).exists()  # removed after the dump
     conninfo = seen["argv"][seen["argv"].index("--dbname") + 1]
     assert "default_transaction_read_only=on" in conninfo
+    assert "host=/run/pg" in conninfo and "sslmode=require" in conninfo and "port=5433" in conninfo
     assert "--schema-only" in seen["argv"] and "--lock-wait-timeout=2000" in seen["argv"]

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import create_engine, text
@@ -320,19 +321,17 @@ def dump_schema(target_url: str, settings: EphemeralSettings, lock_wait_ms: int)
     except EphemeralUnavailable as exc:
         raise CopyFailed(_no_copy(str(exc))) from None
     url = make_url(target_url)
-    params: dict[str, str] = {}
-    for key, value in url.query.items():
+    params: dict[str, Any] = {
+        "host": url.host, "port": url.port, "user": url.username, "dbname": url.database,
+    }  # fmt: skip
+    for key, value in url.query.items():  # as libpq reads them: the query overrides
         if key != "password":
             params[key] = value if isinstance(value, str) else value[-1]
     params["options"] = " ".join(
         filter(None, (params.get("options"), "-c default_transaction_read_only=on"))
     )
     params.setdefault("application_name", "pytest-ledger-rollout schema copy")
-    conninfo = make_conninfo(
-        "",
-        **{"host": url.host, "port": url.port, "user": url.username, "dbname": url.database},
-        **params,
-    )
+    conninfo = make_conninfo("", **{k: v for k, v in params.items() if v is not None})
     argv = [
         pg_dump, "--schema-only", "--no-owner", "--no-privileges", "--no-subscriptions",
         "--no-publications", f"--lock-wait-timeout={lock_wait_ms}", "--dbname", conninfo,
