@@ -3,11 +3,13 @@
 Both sides start from the project's alembic.ini and the server URL, load the migration scripts
 once, and get a database of their own through the same `scratch_database` (create, connect,
 drop: the database lifecycle). Baseline: `alembic upgrade head` (the Python API, in process).
-Candidate: `fingerprint_history`, which also hashes the scripts, installs its DDL log and
-fingerprints every revision. For the reference chain and a generated 100-revision history; the
-rounds alternate between the two sides. Printed twice: whole, and with each side's own time in
-the lifecycle taken out (measured around it). Then the time to fingerprint a live 200-table
-schema (catalog only).
+Candidate: `fingerprint_history`, which also hashes the scripts, installs its DDL log,
+fingerprints every revision and downgrades every revision back to base, comparing each step
+with its parent's fingerprint. For the reference chain and a generated 100-revision history;
+the rounds alternate between the sides. Printed twice: whole, and with each side's own time in
+the lifecycle taken out (measured around it); then, for context only, the walk against the DDL
+it runs without fingerprints (`upgrade head` + `downgrade base` on one database). Then the time
+to fingerprint a live 200-table schema (catalog only).
 Prints medians of BENCH_ROUNDS rounds. Budgets: walk / upgrade <= 2; live 200 tables < 1 s.
 """
 
@@ -121,6 +123,17 @@ def upgrade_head(server: EphemeralServer, alembic_ini: Path) -> tuple[float, flo
     return elapsed, elapsed - lifecycle.spent
 
 
+def up_and_down(server: EphemeralServer, alembic_ini: Path) -> float:
+    """Seconds for `alembic upgrade head` then `alembic downgrade base` on one database: the
+    DDL the walk runs, without its fingerprints (context for the ratio, not its baseline)."""
+    started = time.perf_counter()
+    project = AlembicProject(alembic_ini)
+    with scratch_database(server.url) as connection:
+        project.upgrade(connection, "head")
+        project.downgrade(connection, "base")
+    return time.perf_counter() - started
+
+
 def walk(server: EphemeralServer, alembic_ini: Path) -> tuple[float, float]:
     """Seconds in all, and outside the database lifecycle(s)."""
     lifecycle = Lifecycle()
@@ -169,13 +182,19 @@ def main() -> None:
                 upgrade_head(server, ini)
                 walk(server, ini)
             for name, ini in histories.items():
-                rounds = [(upgrade_head(server, ini), walk(server, ini)) for _ in range(ROUNDS)]
-                base, base_inner = (statistics.median(b[i] for b, _ in rounds) for i in (0, 1))
-                cand, cand_inner = (statistics.median(c[i] for _, c in rounds) for i in (0, 1))
+                rounds = [
+                    (upgrade_head(server, ini), walk(server, ini), up_and_down(server, ini))
+                    for _ in range(ROUNDS)
+                ]
+                base, base_inner = (statistics.median(b[i] for b, _, _ in rounds) for i in (0, 1))
+                cand, cand_inner = (statistics.median(c[i] for _, c, _ in rounds) for i in (0, 1))
+                both = statistics.median(d for _, _, d in rounds)
                 print(
                     f"{name}: upgrade head {base:.3f}s, fingerprint every revision {cand:.3f}s, "
                     f"ratio {cand / base:.2f} (budget <= 2); without the database lifecycle "
-                    f"{base_inner:.3f}s vs {cand_inner:.3f}s, ratio {cand_inner / base_inner:.2f}"
+                    f"{base_inner:.3f}s vs {cand_inner:.3f}s, ratio {cand_inner / base_inner:.2f}; "
+                    f"context: upgrade head + downgrade base {both:.3f}s, walk / that "
+                    f"{cand / both:.2f}"
                 )
         live = median(lambda: live_200_tables(server))
         print(f"fingerprint of a live 200-table schema: {live:.3f}s (budget < 1 s)")

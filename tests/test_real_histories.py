@@ -9,10 +9,13 @@ per process by the scripts' hash, so the scenarios of one history share one walk
 from __future__ import annotations
 
 import shutil
+import subprocess
 import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
+from urllib.parse import quote
 
 # Imported before any in-process pytester run, which drops the modules a run imports: an ORM
 # re-imported afterwards no longer matches SQLAlchemy's (KeyError: MANYTOONE), and MLflow's
@@ -26,10 +29,12 @@ import optuna
 import optuna.storages._rdb.models
 import pytest
 from sqlalchemy import Engine, text
+from sqlalchemy.engine import make_url
 
+from pytest_ledger_rollout.checks.forensics.history import dump_schema
 from pytest_ledger_rollout.checks.migrations import AlembicProject, EnvPyError
 from pytest_ledger_rollout.config import ConfigError, load_config
-from pytest_ledger_rollout.targets.postgres import EphemeralServer
+from pytest_ledger_rollout.targets.postgres import EphemeralServer, EphemeralSettings, local
 
 from .support import REPO, PhaseRun, RunPhase, ScenarioDb, cloned_database
 
@@ -362,25 +367,120 @@ def test_config_without_a_unique_is_a_usage_error(tmp_path: Path) -> None:
     assert raised.value.key == "schema.unique"
 
 
-def test_mlflow_staging_without_base_schema_names_the_way_out_and_does_not_upgrade(
+def check_record(run: PhaseRun, step: str, check: str) -> dict[str, Any]:
+    found: dict[str, Any] = next(c for c in run.step(step)["checks"] if c["check"] == check)
+    return found
+
+
+def mlflow_staging_without_base_schema(db: ScenarioDb, folder: Path) -> Path:
+    """A staging database one revision behind MLflow's head (made as MLflow makes it: its
+    create_all, then the revisions), checked with a config that declares no base_schema."""
+    at_revision(db, MLFLOW / "alembic.ini", "400f98739977", MLFLOW_BASE)
+    return rollout_config(
+        folder, MLFLOW / "alembic.ini", ("400f98739977", MLFLOW_HEAD), MLFLOW_UNIQUE,
+        database=db.name,
+    )  # fmt: skip
+
+
+def test_mlflow_staging_without_base_schema_fails_once_and_still_upgrades_through_a_copy(
     empty_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
 ) -> None:
-    # Old failure: the walk's raw `relation "metrics" does not exist` as an INTERNALERROR.
-    at_revision(empty_db, MLFLOW / "alembic.ini", "400f98739977", MLFLOW_BASE)
-    config = rollout_config(
-        tmp_path,
-        MLFLOW / "alembic.ini",
-        ("400f98739977", MLFLOW_HEAD),
-        MLFLOW_UNIQUE,
-        database=empty_db.name,
-    )
+    # Old failures: the walk's raw `relation "metrics" does not exist` as an INTERNALERROR;
+    # then the state pre-flight failed with it and held the upgrade back for good.
+    config = mlflow_staging_without_base_schema(empty_db, tmp_path)
     run = run_phase(config, "--target=staging", NO_APP_HOST, url=empty_db.url)
     assert "INTERNALERROR" not in run.output
-    step = str(run.step("1.2"))
-    assert outcomes(run)["1.2"] == "failed"
-    assert f"revision {MLFLOW_FIRST} fails" in step and "base_schema" in step
-    # Without fingerprints the state pre-flight cannot be proven: fail closed, the upgrade is
-    # not attempted and staging stays as it was until base_schema (or a snapshot) is given.
-    upgrade = next(c for c in run.step("1.2")["checks"] if c["check"] == "test_upgrade_head")
-    assert upgrade["summary"].startswith("not attempted: preflight")
+    assert run.result.ret == 1, run.output
+    assert run.json()["verdict"] == "FAIL"
+    # One check reports the replay failure, structured, and the 1.1 waiver (for the app host)
+    # does not cover it.
+    replay = check_record(run, "1.1", "test_history_replays_on_a_fresh_database")
+    assert replay["outcome"] == "failed"
+    assert replay["failure"]["title"].endswith(f"revision {MLFLOW_FIRST} fails")
+    assert 'relation "metrics" does not exist' in replay["failure"]["seen"]
+    assert "base_schema" in replay["failure"]["remedy"]
+    assert "pg_dump --schema-only" in replay["failure"]["remedy"]
+    assert outcomes(run)["1.1"] == "failed"
+    assert sum(f"revision {MLFLOW_FIRST} fails" in str(step) for step in run.json()["steps"]) == 1
+    # The state pre-flight checked the pending revision on a copy of staging's schema, and the
+    # upgrade ran on staging and passed.
+    state = check_record(run, "1.2", "test_schema_matches_claimed_revision")
+    assert state["outcome"] == "passed", run.output
+    assert "apply cleanly to a schema-only copy of the target" in state["summary"]
+    assert "pg_dump --schema-only" in str(state["evidence"])
+    upgrade = check_record(run, "1.2", "test_upgrade_head")
+    assert upgrade["outcome"] == "passed"
+    assert f"upgraded 400f98739977 -> {MLFLOW_HEAD}" in upgrade["summary"]
+    assert outcomes(run)["1.2"] == outcomes(run)["1.3"] == "passed"
+    assert empty_db.scalar("SELECT version_num FROM alembic_version") == MLFLOW_HEAD
+    # 1.4 ran and decided, on the copy's proven downgrades: MLflow's head downgrade is `pass`.
+    assert outcomes(run)["1.4"] == "failed"
+    assert f"{MLFLOW_HEAD}: downgrade does not restore 400f98739977" in run.output
+    # The target's password reached no output.
+    password = make_url(empty_db.url).password
+    assert password and password not in run.output
+
+
+def test_mlflow_staging_without_base_schema_copy_names_a_revision_that_will_fail(
+    empty_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    # The seeded fault: staging lacks the table the pending revision alters. The copy shows
+    # it before the target is touched.
+    config = mlflow_staging_without_base_schema(empty_db, tmp_path)
+    empty_db.execute("DROP TABLE inputs CASCADE")
+    run = run_phase(config, "--target=staging", NO_APP_HOST, url=empty_db.url)
+    assert "INTERNALERROR" not in run.output
+    assert run.json()["verdict"] == "FAIL"
+    state = check_record(run, "1.2", "test_schema_matches_claimed_revision")
+    assert state["outcome"] == "failed", run.output
+    title = state["failure"]["title"]
+    assert title == f"Pending revision {MLFLOW_HEAD} fails on a copy of the target's schema"
+    assert 'relation "inputs" does not exist' in state["failure"]["seen"]
+    upgrade = check_record(run, "1.2", "test_upgrade_head")
+    assert upgrade["summary"].startswith("not attempted: preflight"), upgrade
     assert empty_db.scalar("SELECT version_num FROM alembic_version") == "400f98739977"
+
+
+def test_mlflow_staging_at_head_without_base_schema_cannot_check_drift(
+    empty_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase
+) -> None:
+    # Nothing pending: the copy would only be the target itself, so drift at head has nothing
+    # honest to be compared with and fails closed (it does not pass against its own copy).
+    config = mlflow_staging_without_base_schema(empty_db, tmp_path)
+    at_revision(empty_db, MLFLOW / "alembic.ini", MLFLOW_HEAD)
+    run = run_phase(config, "--target=staging", NO_APP_HOST, url=empty_db.url)
+    assert "INTERNALERROR" not in run.output
+    assert run.json()["verdict"] == "FAIL"
+    assert check_record(run, "1.2", "test_upgrade_head")["summary"].startswith("already at head")
+    drift = check_record(run, "1.3", "test_no_drift_at_head")
+    assert drift["outcome"] != "passed"
+    assert drift["failure"]["title"].startswith("No fingerprint to compare with")
+
+
+def test_the_schema_copy_keeps_the_password_off_the_command_line(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    seen: dict[str, Any] = {}
+
+    def fake_run(argv: list[str], **kwargs: Any) -> subprocess.CompletedProcess[str]:
+        seen["argv"], seen["env"] = argv, kwargs["env"]
+        seen["passfile"] = Path(kwargs["env"]["PGPASSFILE"]).read_text()
+        return subprocess.CompletedProcess(argv, 0, "-- dump\n", "")
+
+    monkeypatch.setattr(local, "find_client", lambda tool, settings: f"/pg/bin/{tool}")
+    monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.setenv("PGPASSWORD", "inherited-secret")
+    secret = "s3cr:et\\pw@x"
+    url = (
+        f"postgresql+psycopg://ledger:{quote(secret, safe='')}@db.internal:5433/ledger"
+        "?sslmode=require&host=/run/pg"  # libpq parameters in the query override the authority
+    )
+    assert dump_schema(url, EphemeralSettings(), 2000) == "-- dump\n"
+    assert not any(secret in arg or "s3cr" in arg for arg in seen["argv"])
+    assert "PGPASSWORD" not in seen["env"]
+    assert seen["passfile"] == "*:*:*:*:s3cr\\:et\\\\pw@x\n"
+    assert not Path(seen["env"]["PGPASSFILE"]).exists()  # removed after the dump
+    conninfo = seen["argv"][seen["argv"].index("--dbname") + 1]
+    assert "default_transaction_read_only=on" in conninfo
+    assert "host=/run/pg" in conninfo and "sslmode=require" in conninfo and "port=5433" in conninfo
+    assert "--schema-only" in seen["argv"] and "--lock-wait-timeout=2000" in seen["argv"]

@@ -242,7 +242,7 @@ def test_active_waiver_turns_a_failed_step_into_waived(
     assert step["outcome"] == "waived"
     assert step["evidence"] == "The UNIQUE constraint on reconciliation_findings has another name"
     assert run.step("1.4")["outcome"] == "waived (not run)"
-    run.result.assert_outcomes(passed=11, skipped=3, xfailed=1)  # the waived check: exit 0
+    run.result.assert_outcomes(passed=12, skipped=3, xfailed=1)  # the waived check: exit 0
     assert step["waiver"] == {
         "justification": "INC-42: accepted until the next change window",
         "expiration_date": expires.isoformat(),

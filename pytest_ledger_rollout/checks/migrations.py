@@ -62,6 +62,11 @@ class Applied:
     foreign_connection: str | None = None
 
 
+# The last project made for a [migrations] section, with that very section object (a config
+# loaded anew gets a project of its own; one slot: in-process runs do not pile up projects).
+_LAST_LOADED: list[tuple[MigrationsConfig, AlembicProject]] = []
+
+
 class AlembicProject:
     def __init__(self, alembic_ini: Path, base_schema: str | None = None) -> None:
         self.alembic_ini = alembic_ini
@@ -76,8 +81,14 @@ class AlembicProject:
 
     @classmethod
     def of(cls, migrations: MigrationsConfig) -> AlembicProject:
-        """The project a rollout config's [migrations] names."""
-        return cls(migrations.alembic_ini, migrations.base_schema)
+        """The project a rollout config's [migrations] names: one per loaded config, so a run
+        reads its script directory (and executes its revision files) once."""
+        loaded = _LAST_LOADED[0] if _LAST_LOADED else None
+        if loaded is not None and loaded[0] is migrations:
+            return loaded[1]
+        project = cls(migrations.alembic_ini, migrations.base_schema)
+        _LAST_LOADED[:] = [(migrations, project)]
+        return project
 
     def _config(self, url: str | None = None, connection: Connection | None = None) -> Config:
         config = Config(str(self.alembic_ini))
@@ -594,8 +605,10 @@ def not_replayable(project: AlembicProject, exc: MigrationError) -> Failure:
         "SQLAlchemy connection, e.g. running the application's Base.metadata.create_all), or\n"
         '2. base_schema = "base_schema.sql": a file with that schema (`pg_dump --schema-only '
         "--no-owner` of a database just before the first revision).\n"
-        "Until then the forensics cannot fingerprint this history and no ephemeral target can "
-        "be migrated; on a staging target the upgrade (1.2) and smoke (1.4) still run."
+        "Until then the forensics cannot fingerprint this history, no ephemeral target can "
+        "be migrated and the verdict stays FAIL (no waiver covers this); on a staging target "
+        "the pending revisions are rehearsed on a schema-only copy of it, and the upgrade "
+        "(1.2) and smoke (1.4) still run and decide."
     )
     return Failure(
         f"The migration history cannot be replayed on a fresh database: revision "

@@ -23,7 +23,7 @@ from pytest_ledger_rollout import __version__
 from pytest_ledger_rollout.checks.metrics.decision import Verdict as Ops02Verdict
 from pytest_ledger_rollout.checks.ops02 import Ops02Decision
 from pytest_ledger_rollout.masking import Scrubber
-from pytest_ledger_rollout.phases.model import Phase, Role, Step
+from pytest_ledger_rollout.phases.model import Check, Phase, Role, Step
 from pytest_ledger_rollout.phases.provenance import RepositoryState
 from pytest_ledger_rollout.phases.waivers import WAIVED, Waiver, waived_outcome
 from pytest_ledger_rollout.results import Evidence, Failure
@@ -68,6 +68,12 @@ class StepOutcome:
     evidence: str  # one line for the checklist
     checks: tuple[CheckRecord, ...]
     waiver: Waiver | None = None  # the step's waiver on file, active or expired
+
+
+def _packaged(step: Step, record: CheckRecord) -> Check:
+    """The packaged check a record is; a team's own check holds back and is waivable."""
+    found = step.check(record.check) if record.check is not None else None
+    return found or Check(record.name)
 
 
 @dataclass
@@ -142,7 +148,11 @@ class RunRecord:
             good = [c.summary for c in checks if c.outcome == "passed"]
             outcome, line = PASSED, "; ".join(good)
         waiver = self.waivers.get(step.id)
-        outcome = waived_outcome(waiver, {c.outcome for c in checks}) or outcome
+        unwaivable = [c for c in bad if not _packaged(step, c).waivable]
+        if unwaivable:
+            line = unwaivable[0].summary  # no waiver of the step covers it
+        else:
+            outcome = waived_outcome(waiver, {c.outcome for c in checks}) or outcome
         return StepOutcome(step, outcome, line, checks, waiver)
 
     def _outcome_of(self, step_id: str, check: str) -> str | None:
@@ -188,13 +198,27 @@ class RunRecord:
 
     def _opens(self, outcome: StepOutcome) -> bool:
         """Whether a step lets the steps that need it run: passed, or waived where only a
-        check it does not require failed (every check it requires ran and passed)."""
+        check it does not require failed (every check it requires ran and passed), or failed
+        only by checks that do not hold back (``Check.holds_back``)."""
         if outcome.outcome == PASSED:
             return True
-        required = outcome.step.required(self.target_kind)
-        return outcome.outcome == WAIVED and all(
-            self._outcome_of(outcome.step.id, check.name) == "passed" for check in required
-        )
+        if outcome.outcome not in (FAILED, WAIVED):
+            return False
+        step = outcome.step
+        required = step.required(self.target_kind)
+        if outcome.outcome == WAIVED:
+            return all(self._outcome_of(step.id, check.name) == "passed" for check in required)
+        # Failed by a check that does not hold back: the others open it as they would alone
+        # (every required one passed; any other failure waived).
+        if not all(
+            self._outcome_of(step.id, check.name) == "passed"
+            for check in required
+            if check.holds_back
+        ):
+            return False
+        bad = [c for c in outcome.checks if c.outcome in ("failed", "error")]
+        holding = {c.outcome for c in bad if _packaged(step, c).holds_back}
+        return not holding or waived_outcome(outcome.waiver, holding) == WAIVED
 
     def verdict(self) -> Verdict:
         # A waived step (failure waived, or not run by its waiver) neither fails nor leaves

@@ -43,6 +43,7 @@ from pytest_ledger_rollout.targets.declared import (
 from pytest_ledger_rollout.targets.identity import ServerIdentity, prove_identity, read_identity
 from pytest_ledger_rollout.targets.kinds import DESTRUCTIVE_KINDS, EPHEMERAL, PRODUCTION
 from pytest_ledger_rollout.targets.postgres import (
+    EarlyServer,
     EphemeralServer,
     EphemeralSettings,
     start_ephemeral,
@@ -117,33 +118,46 @@ class TargetSession:
 
 
 def start_in_background(
-    config: RolloutConfig, target: ResolvedTarget, phase: Phase, stack: ExitStack
+    config: RolloutConfig,
+    target: ResolvedTarget,
+    phase: Phase,
+    stack: ExitStack,
+    early: EarlyServer | None = None,
 ) -> Future[EphemeralServer]:
-    """Start the throwaway server and migrate it while pytest collects.
+    """Start the throwaway server (or take the one ``early`` is starting, when it was started
+    with this target's settings) and migrate it while pytest collects.
 
     Whatever happens to the run, the server is stopped when the stack closes."""
-    assert target.config.ephemeral is not None
+    settings = target.config.ephemeral
+    assert settings is not None
+    if early is not None:
+        stack.callback(early.stop)  # also when it is not this target's (then stopped at once)
+        if early.settings != settings:
+            early.stop()
+            early = None
     revision = config.migrations.baseline if phase.ephemeral_at_baseline else "head"
     executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-rollout-pg")
-    future = executor.submit(
-        _start_at_revision, config, target.config.ephemeral, phase.name, revision
-    )
+    future = executor.submit(_start_at_revision, config, settings, phase.name, revision, early)
     executor.shutdown(wait=False)
     stack.callback(_stop_once_started, future)
     return future
 
 
 def _start_at_revision(
-    config: RolloutConfig, settings: EphemeralSettings, phase: str, revision: str
+    config: RolloutConfig,
+    settings: EphemeralSettings,
+    phase: str,
+    revision: str,
+    early: EarlyServer | None = None,
 ) -> EphemeralServer:
-    project = AlembicProject.of(config.migrations)
-    # Revision scripts import their application (MLflow's take ~0.8 s): load them while
-    # Postgres starts, which waits on initdb and pg_ctl, not on Python.
+    # The project and its revision scripts import their application (a script_location in a
+    # package imports it; MLflow's take ~0.8 s): load them while Postgres starts, which waits
+    # on initdb and pg_ctl, not on Python.
     with ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-rollout-load") as pool:
-        loaded = pool.submit(project.revisions)
-        server = start_ephemeral(settings)
+        loaded = pool.submit(_loaded_project, config)
+        server = early.future.result() if early is not None else start_ephemeral(settings)
         try:
-            loaded.result()
+            project = loaded.result()
         except BaseException:
             server.stop()
             raise
@@ -166,6 +180,12 @@ def _start_at_revision(
         server.stop()
         raise
     return server
+
+
+def _loaded_project(config: RolloutConfig) -> AlembicProject:
+    project = AlembicProject.of(config.migrations)
+    project.revisions()
+    return project
 
 
 def _stop_once_started(future: Future[EphemeralServer]) -> None:

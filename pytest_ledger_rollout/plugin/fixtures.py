@@ -13,6 +13,7 @@ from pytest_ledger_rollout.checks.forensics.history import scratch_database
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.checks.ops02 import Ops02Outcome
 from pytest_ledger_rollout.config import RolloutConfig
+from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases.chain import check_predecessor
 from pytest_ledger_rollout.phases.target_session import (
     TargetRefused,
@@ -105,6 +106,12 @@ def rollout_target(request: pytest.FixtureRequest) -> TargetSession:
     if session is None:
         raise pytest.UsageError("the target was not brought up for this run")
     return session
+
+
+@pytest.fixture(scope="session")
+def rollout_scrubber(request: pytest.FixtureRequest) -> Scrubber:
+    """The run's secret scrubber (register a secret before it can reach any output)."""
+    return _run_state(request).scrubber
 
 
 @pytest.fixture(scope="session")

@@ -69,3 +69,20 @@ def option(config: pytest.Config, ini: str) -> tuple[str | None, Path]:
     if value:
         return str(value), config.inipath.parent if config.inipath else config.rootpath
     return _DEFAULTS[ini], config.invocation_params.dir
+
+
+def rollout_config_path(config: pytest.Config) -> Path:
+    """The rollout config: as given, else the default name where pytest was invoked, then in
+    its rootdir; missing, the error lists every place looked at."""
+    value, base = option(config, "rollout_config")
+    assert value is not None
+    if config.getoption("rollout_config") or config.getini("rollout_config"):
+        return (base / value).resolve()
+    places = list(dict.fromkeys((base / value, config.rootpath / value)))
+    found = next((place for place in places if place.is_file()), None)
+    if found is None:
+        raise pytest.UsageError(
+            f"no rollout config: looked for {' and '.join(str(p) for p in places)}; "
+            "run from the folder that holds it or pass --rollout-config=PATH"
+        )
+    return found.resolve()

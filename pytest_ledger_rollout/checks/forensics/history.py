@@ -10,13 +10,17 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
+import subprocess
+import tempfile
 import threading
 import uuid
 import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from alembic.runtime.migration import MigrationContext, MigrationInfo
 from sqlalchemy import create_engine, text
@@ -36,7 +40,16 @@ from pytest_ledger_rollout.checks.migrations import (
     env_py_failure,
     not_replayable,
 )
-from pytest_ledger_rollout.results import DodFailure
+from pytest_ledger_rollout.results import CheckResult, DodFailure, Evidence, Failure, failed, passed
+from pytest_ledger_rollout.targets.postgres import (
+    EphemeralSettings,
+    EphemeralUnavailable,
+    start_ephemeral,
+)
+
+
+class NotReplayable(DodFailure):
+    """The history fails on a fresh database (from empty, or from the declared base schema)."""
 
 
 @dataclass(frozen=True)
@@ -79,7 +92,7 @@ def scripts_sha256(project: AlembicProject) -> str:
 def fingerprint_history(project: AlembicProject, server_url: str) -> History:
     """Walk the whole history on scratch databases of the server at ``server_url`` (an
     ephemeral server: it needs CREATE DATABASE); they are dropped afterwards. The first walk
-    also downgrades from head, proving each revision's downgrade (see ``_prove_downgrades``)."""
+    also downgrades from head, proving each revision's downgrade (see ``prove_downgrades``)."""
     revisions = project.revisions()
     order = tuple(r.id for r in reversed(revisions))
     found: dict[str, Fingerprint] = {}
@@ -194,7 +207,7 @@ def _walk(
         try:
             applied = project.run(connection, destination, upgrade=True, on_step=record)
         except MigrationError as exc:
-            raise DodFailure(not_replayable(project, exc)) from None
+            raise NotReplayable(not_replayable(project, exc)) from None
         except EnvPyError as exc:
             raise DodFailure(env_py_failure(exc)) from None
         # The incremental reads checked against one full read of the committed result (an env.py
@@ -204,21 +217,22 @@ def _walk(
         if incremental and final is not None and final != fingerprint(connection):
             return None
         downgrades = (
-            _prove_downgrades(project, connection, {**known, **recorded}, base, read)
+            prove_downgrades(project, connection, {**known, **recorded}, base, read)
             if destination == "heads"
             else {}
         )
     return _Walked(recorded, downgrades, base)
 
 
-def _prove_downgrades(
+def prove_downgrades(
     project: AlembicProject,
     connection: Connection,
     fingerprints: dict[str, Fingerprint],
     base: Fingerprint,
     read: Callable[[Connection], Fingerprint],
+    destination: str = "base",
 ) -> dict[str, str]:
-    """From head down to base in one env.py run: after each step, is the schema the
+    """From head down to ``destination`` in one env.py run: after each step, is the schema the
     fingerprint of the revision it went back to? Stops at the first that is not (or fails);
     the revisions below it stay unproven (absent)."""
     verdicts: dict[str, str] = {}
@@ -231,7 +245,8 @@ def _prove_downgrades(
         if expected is None or heads != set(back):
             verdicts[revision] = "downgrade ran; not compared (a branch point)"
             return
-        differences = expected.differences(read(ctx.connection))
+        seen = read(ctx.connection)
+        differences = () if seen.objects == expected.objects else expected.differences(seen)
         if not differences:
             verdicts[revision] = f"downgrade restores {parent}"
             return
@@ -241,8 +256,239 @@ def _prove_downgrades(
         raise _Stop
 
     try:
-        project.run(connection, "base", upgrade=False, on_step=compare)
+        project.run(connection, destination, upgrade=False, on_step=compare)
     except MigrationError as exc:
         if not isinstance(exc.__cause__, _Stop) and exc.revision is not None:
             verdicts[exc.revision] = f"downgrade fails: {exc}"
     return verdicts
+
+
+# --- the pending revisions on a copy of the target's schema -----------------------------------
+#
+# For a history that cannot be replayed on a fresh database (no [migrations] base_schema):
+# ``pg_dump --schema-only`` of the target (read-only, as the run's own user), loaded into a
+# throwaway Postgres with the target's alembic_version, then ``alembic upgrade heads`` there and
+# each pending downgrade back. The target is only read (pg_dump runs in a read-only
+# transaction); its password reaches pg_dump through a private PGPASSFILE, never argv.
+
+DUMP_TIMEOUT_S = 600
+# pg_dump 15.14+ brackets its script in psql meta-commands (\restrict KEY ... \unrestrict KEY).
+_META_COMMAND = re.compile(r"^\\(un)?restrict\b.*$", re.MULTILINE)
+COPY_COMMAND = (
+    "pg_dump --schema-only --no-owner --no-privileges (read-only, as the run's user) -> a "
+    "throwaway Postgres, with the target's alembic_version"
+)
+
+
+class CopyFailed(Exception):
+    def __init__(self, failure: Failure) -> None:
+        self.failure = failure
+        super().__init__(failure.title)
+
+
+@dataclass(frozen=True)
+class CopyRehearsal:
+    """What the pending revisions did on the copy."""
+
+    result: CheckResult  # passed when every pending revision applied cleanly to the copy
+    # The claimed revision's and each pending revision's schema on the copy, and the pending
+    # downgrades proven back to the claimed revision (None when the copy could not be upgraded).
+    history: History | None
+
+
+def rehearse_on_copy(
+    project: AlembicProject,
+    target_url: str,
+    current: Sequence[str],
+    target_before: Fingerprint,
+    settings: EphemeralSettings,
+    lock_wait_ms: int,
+    register_secret: Callable[[str | None], None],
+) -> CopyRehearsal:
+    """Copy the target's schema into a throwaway Postgres and upgrade the copy to head."""
+    try:
+        dump = dump_schema(target_url, settings, lock_wait_ms)
+        with start_ephemeral(settings) as server:
+            register_secret(server.password)
+            with scratch_database(server.url) as connection:
+                return _rehearse(project, connection, dump, tuple(current), target_before)
+    except CopyFailed as exc:
+        return CopyRehearsal(failed(exc.failure), None)
+    except EphemeralUnavailable as exc:
+        return CopyRehearsal(failed(_no_copy(f"no throwaway Postgres could start: {exc}")), None)
+
+
+def dump_schema(target_url: str, settings: EphemeralSettings, lock_wait_ms: int) -> str:
+    """``pg_dump --schema-only`` of the target, in a read-only session (the password in a
+    private PGPASSFILE, never on the command line)."""
+    from psycopg.conninfo import make_conninfo
+
+    from pytest_ledger_rollout.targets.postgres.local import (
+        find_client,  # the local provider's module: loaded on use
+    )
+
+    try:
+        pg_dump = find_client("pg_dump", settings)
+    except EphemeralUnavailable as exc:
+        raise CopyFailed(_no_copy(str(exc))) from None
+    url = make_url(target_url)
+    params: dict[str, Any] = {
+        "host": url.host, "port": url.port, "user": url.username, "dbname": url.database,
+    }  # fmt: skip
+    for key, value in url.query.items():  # as libpq reads them: the query overrides
+        if key != "password":
+            params[key] = value if isinstance(value, str) else value[-1]
+    params["options"] = " ".join(
+        filter(None, (params.get("options"), "-c default_transaction_read_only=on"))
+    )
+    params.setdefault("application_name", "pytest-ledger-rollout schema copy")
+    conninfo = make_conninfo("", **{k: v for k, v in params.items() if v is not None})
+    argv = [
+        pg_dump, "--schema-only", "--no-owner", "--no-privileges", "--no-subscriptions",
+        "--no-publications", f"--lock-wait-timeout={lock_wait_ms}", "--dbname", conninfo,
+    ]  # fmt: skip
+    environment = {k: v for k, v in os.environ.items() if k not in ("PGPASSWORD", "PGPASSFILE")}
+    with tempfile.TemporaryDirectory(prefix="ledger-rollout-dump-") as private:
+        if url.password is not None:
+            passfile = Path(private) / "pgpass"
+            escaped = str(url.password).replace("\\", "\\\\").replace(":", "\\:")
+            passfile.touch(mode=0o600)
+            passfile.write_text(f"*:*:*:*:{escaped}\n", encoding="utf-8")
+            environment["PGPASSFILE"] = str(passfile)
+        try:
+            done = subprocess.run(
+                argv, env=environment, capture_output=True, text=True, check=False,
+                timeout=DUMP_TIMEOUT_S,
+            )  # fmt: skip
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise CopyFailed(_no_copy(f"{pg_dump}: {exc}")) from None
+    if done.returncode != 0:
+        raise CopyFailed(_no_copy(f"{pg_dump} exited {done.returncode}: {done.stderr.strip()}"))
+    return done.stdout
+
+
+def _rehearse(
+    project: AlembicProject,
+    connection: Connection,
+    dump: str,
+    current: tuple[str, ...],
+    target_before: Fingerprint,
+) -> CopyRehearsal:
+    try:
+        # The dump sets search_path to '' for the session: reset before Alembic runs.
+        connection.exec_driver_sql(_META_COMMAND.sub("", dump).replace("%", "%%"))
+        connection.exec_driver_sql("RESET ALL")
+        for revision in current:
+            connection.execute(
+                text("INSERT INTO alembic_version (version_num) VALUES (:v)"), {"v": revision}
+            )
+        connection.commit()
+    except Exception as exc:  # the dump holds what the target holds: say what failed, plainly
+        if connection.in_transaction():
+            connection.rollback()
+        message = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        raise CopyFailed(
+            _no_copy(f"loading the dump into the throwaway failed: {message[:800]}")
+        ) from None
+    before = fingerprint(connection)
+    recorded: dict[str, Fingerprint] = {}
+
+    def record(ctx: MigrationContext, step: MigrationInfo, heads: set[str]) -> None:
+        assert ctx.connection is not None
+        revision = step.up_revision_id
+        if revision is not None and heads == {revision}:
+            recorded[revision] = fingerprint(ctx.connection)
+
+    start = ", ".join(current) or "base"
+    try:
+        applied = project.run(connection, "heads", upgrade=True, on_step=record)
+    except EnvPyError as exc:
+        return CopyRehearsal(failed(env_py_failure(exc)), None)
+    except MigrationError as exc:
+        return CopyRehearsal(
+            failed(
+                Failure(
+                    f"Pending revision {exc.revision} fails on a copy of the target's schema",
+                    expected=f"the pending revisions apply from {start} to head on a "
+                    "schema-only copy of the target",
+                    seen=str(exc)[:2000],
+                    remedy=(
+                        f"Fix revision {exc.revision} (or the target's schema it runs into: "
+                        "the statement and error above). The upgrade was not attempted on the "
+                        "target. The copy holds the target's schema and alembic_version, no "
+                        "other rows: a revision that needs the target's data can fail here "
+                        "alone; declaring [migrations] base_schema lets the history be "
+                        "replayed and fingerprinted instead."
+                    ),
+                ),
+                Evidence("schema copy", f"{COPY_COMMAND}\nalembic upgrade heads from {start}"),
+            ),
+            None,
+        )
+    fingerprints = dict(recorded)
+    if len(current) == 1:
+        fingerprints[current[0]] = before
+    destination = current[0] if len(current) == 1 else "base"
+    downgrades = (
+        prove_downgrades(project, connection, fingerprints, before, fingerprint, destination)
+        if applied.steps and len(current) <= 1
+        else {}
+    )
+    revisions = project.revisions()
+    # In the target's own spelling: Postgres re-spells some definitions on a dump's round trip
+    # (CHECK (x = ANY (ARRAY[...]))), so what the upgrade left alone is taken from the target.
+    fingerprints = {
+        rev: in_target_spelling(fp, before, target_before) for rev, fp in fingerprints.items()
+    }
+    history = History(
+        scripts_sha256=scripts_sha256(project),
+        order=tuple(r.id for r in reversed(revisions)),
+        parents={r.id: r.down for r in revisions},
+        fingerprints=fingerprints,
+        base=EMPTY if current else before,
+        downgrades=downgrades,
+    )
+    lines = [
+        COPY_COMMAND,
+        f"objects copied: {len(before.objects)}",
+        f"alembic upgrade heads on the copy: from {start}",
+        "applied: " + (" -> ".join(applied.steps) or "(nothing pending)"),
+    ]
+    return CopyRehearsal(
+        passed(
+            f"{len(applied.steps)} pending revision(s) apply cleanly to a schema-only copy of "
+            f"the target ({start} -> head); fingerprints cannot be compared: the history "
+            "cannot be replayed (step 1.1)",
+            Evidence("pending revisions on a copy of the target's schema", "\n".join(lines)),
+        ),
+        history,
+    )
+
+
+def in_target_spelling(
+    fingerprint: Fingerprint, copy_before: Fingerprint, target_before: Fingerprint
+) -> Fingerprint:
+    """``fingerprint`` (of the copy) with every object the pending revisions left as the copy
+    had it taken from the target as the target spells it."""
+    copied = {(o.kind, o.name): o for o in copy_before.objects}
+    target = {(o.kind, o.name): o for o in target_before.objects}
+    return Fingerprint(
+        frozenset(
+            target[key] if key in target and copied.get(key) == o else o
+            for o in fingerprint.objects
+            for key in [(o.kind, o.name)]
+        )
+    )
+
+
+def _no_copy(seen: str) -> Failure:
+    return Failure(
+        "The target's schema could not be copied to rehearse the pending revisions",
+        expected="a schema-only copy of the target in a throwaway Postgres (pg_dump --schema-only)",
+        seen=seen,
+        remedy=(
+            "pg_dump must be at least the server's major version and the run's user must be "
+            "able to read the schema; or declare [migrations] base_schema so the history can be "
+            "replayed on a fresh database. The upgrade was not attempted."
+        ),
+    )

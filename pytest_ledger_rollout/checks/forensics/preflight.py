@@ -17,8 +17,10 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from alembic import command
+from alembic.runtime.environment import EnvironmentContext
+from alembic.runtime.migration import MigrationContext
 from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
@@ -94,9 +96,21 @@ def _render(project: AlembicProject, span: str) -> tuple[str, Exception | None]:
     it stopped, and why it stopped early (None when it rendered the whole span)."""
     buffer = io.StringIO()
     config = project.offline_config(_OFFLINE_URL, buffer)
+    script = project.script  # loaded once: `command.upgrade` would load every revision again
+    starting, _, destination = span.rpartition(":")
+
+    def steps(revision: Any, context: MigrationContext) -> Any:
+        return script._upgrade_revs(destination, revision)
+
     try:
-        with _offline_url():
-            command.upgrade(config, span, sql=True)
+        with (
+            _offline_url(),
+            EnvironmentContext(
+                config, script, fn=steps, as_sql=True, starting_rev=starting or None,
+                destination_rev=destination,
+            ),
+        ):  # fmt: skip
+            script.run_env()  # what `alembic upgrade SPAN --sql` runs
     except Exception as exc:  # whatever a migration that reads data raises offline
         return buffer.getvalue(), exc
     return buffer.getvalue(), None

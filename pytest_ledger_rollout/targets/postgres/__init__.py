@@ -12,12 +12,19 @@ from __future__ import annotations
 
 import atexit
 from abc import ABC, abstractmethod
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 from urllib.parse import quote
 
-__all__ = ["EphemeralServer", "EphemeralSettings", "EphemeralUnavailable", "start_ephemeral"]
+__all__ = [
+    "EarlyServer",
+    "EphemeralServer",
+    "EphemeralSettings",
+    "EphemeralUnavailable",
+    "start_ephemeral",
+]
 
 PROVIDERS = ("auto", "testcontainers", "local")
 
@@ -108,3 +115,27 @@ def start_ephemeral(settings: EphemeralSettings) -> EphemeralServer:
             server, reason = local.start(settings), f"{found.reason}, so auto uses local binaries"
     server.provider_reason = f"{server.provider}: {reason}"
     return server
+
+
+@dataclass(frozen=True)
+class EarlyServer:
+    """A throwaway server starting in a thread (for the settings it was started with), so its
+    start, which waits on initdb and pg_ctl or a container, overlaps other work."""
+
+    settings: EphemeralSettings
+    future: Future[EphemeralServer] = field(compare=False, repr=False)
+
+    @classmethod
+    def start(cls, settings: EphemeralSettings) -> EarlyServer:
+        executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ledger-rollout-pg")
+        future = executor.submit(start_ephemeral, settings)
+        executor.shutdown(wait=False)
+        return cls(settings, future)
+
+    def stop(self) -> None:
+        """Stop it once started (idempotent; a start that failed leaves nothing to stop)."""
+        try:
+            server = self.future.result()
+        except BaseException:
+            return
+        server.stop()
