@@ -21,10 +21,10 @@ from pytest_ledger_rollout.checks.ops02 import Ops02Decision, decide_ops02, tena
 from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.phases.chain import check_predecessor
 from pytest_ledger_rollout.phases.model import PHASES
+from pytest_ledger_rollout.phases.opened_target import ServiceEndpoints
 from pytest_ledger_rollout.phases.rehearsal import RehearsalFailed, rehearse_production
 from pytest_ledger_rollout.phases.signoff import Verdict as SignoffVerdict
 from pytest_ledger_rollout.phases.signoff import read_signoff
-from pytest_ledger_rollout.phases.target_session import ServiceEndpoints
 from pytest_ledger_rollout.targets.identity import read_identity
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
@@ -221,8 +221,8 @@ from pytest_ledger_rollout.results import passed
 
 
 @pytest.mark.dod("3.3")
-def test_team_says_go(evidence):
-    evidence.decide(Ops02Outcome(passed("the team's GO"), Ops02Decision(Verdict.GO)))
+def test_team_says_go(recorder):
+    recorder.decide(Ops02Outcome(passed("the team's GO"), Ops02Decision(Verdict.GO)))
 """
 
 

@@ -17,11 +17,11 @@ from sqlalchemy.exc import DBAPIError, SQLAlchemyError
 from pytest_ledger_rollout.checks.flags import SQL, FlagSourceConfig, read_flags
 from pytest_ledger_rollout.config import ConfigError, load_config
 from pytest_ledger_rollout.masking import Scrubber
-from pytest_ledger_rollout.phases import target_session as session_module
+from pytest_ledger_rollout.phases import opened_target
 from pytest_ledger_rollout.phases.model import PHASES
-from pytest_ledger_rollout.phases.target_session import (
+from pytest_ledger_rollout.phases.opened_target import (
     TargetRefused,
-    open_target_session,
+    open_target,
     resolve_target,
     write_guarded_tables,
 )
@@ -146,9 +146,9 @@ def test_a_production_session_that_is_not_read_only_is_refused_before_any_check(
     def writable(url: str, kind: str, phase: str, limits: SessionLimits) -> Engine:
         return open_engine(url, "staging", phase, limits)
 
-    monkeypatch.setattr(session_module, "open_engine", writable)
+    monkeypatch.setattr(opened_target, "open_engine", writable)
     with ExitStack() as stack, pytest.raises(TargetRefused, match="not read-only"):
-        open_target_session(config, target, phase, Scrubber(), stack)
+        open_target(config, target, phase, Scrubber(), stack)
 
 
 TABLES = write_guarded_tables(load_config(REPO / "rollout.toml"))

@@ -12,7 +12,7 @@ import pytest
 from sqlalchemy import Engine, text
 from sqlalchemy.engine import make_url
 
-from pytest_ledger_rollout.phases.target_session import PHASE_LOCK_KEY
+from pytest_ledger_rollout.phases.opened_target import PHASE_LOCK_KEY
 
 from .support import CHAIN, HEAD, RunPhase, ScenarioDb, write_config
 

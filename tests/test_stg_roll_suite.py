@@ -19,13 +19,13 @@ import requests
 from sqlalchemy import Engine, text
 
 from pytest_ledger_rollout.config import load_config
+from pytest_ledger_rollout.phases.opened_target import ServiceEndpoints
 from pytest_ledger_rollout.phases.rehearsal import (
     RehearsalPlan,
     Traffic,
     rehearse_stg_roll,
     wallets_for_traffic,
 )
-from pytest_ledger_rollout.phases.target_session import ServiceEndpoints
 from pytest_ledger_rollout.processes import free_port
 from pytest_ledger_rollout.targets.identity import read_identity
 from pytest_ledger_rollout.targets.postgres import EphemeralServer

@@ -6,7 +6,7 @@ import pytest
 from sqlalchemy import text
 from sqlalchemy.exc import InternalError, OperationalError
 
-from pytest_ledger_rollout.phases.target_session import TargetRefused, require_destructive
+from pytest_ledger_rollout.phases.opened_target import TargetRefused, require_destructive
 from pytest_ledger_rollout.targets.connection import SessionLimits, open_engine
 from pytest_ledger_rollout.targets.identity import prove_identity, read_identity
 

@@ -32,7 +32,7 @@ from pytest_ledger_rollout.checks.flags import SQL
 from pytest_ledger_rollout.checks.smoke import SIGNATURE_HEADER, sign
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.phases.model import Phase, Rehearsal
-from pytest_ledger_rollout.phases.target_session import ServiceEndpoints
+from pytest_ledger_rollout.phases.opened_target import ServiceEndpoints
 from pytest_ledger_rollout.processes import (
     die_with_parent,
     free_port,

@@ -15,9 +15,9 @@ from pytest_ledger_rollout.checks.ops02 import Ops02Outcome
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases.chain import check_predecessor
-from pytest_ledger_rollout.phases.target_session import (
+from pytest_ledger_rollout.phases.opened_target import (
+    OpenedTarget,
     TargetRefused,
-    TargetSession,
     require_destructive,
 )
 from pytest_ledger_rollout.plugin.state import (
@@ -91,7 +91,7 @@ class StepRecorder:
 
 
 @pytest.fixture
-def evidence(request: pytest.FixtureRequest) -> StepRecorder:
+def recorder(request: pytest.FixtureRequest) -> StepRecorder:
     return StepRecorder(request.node, _run_state(request))
 
 
@@ -101,7 +101,7 @@ def rollout_config(request: pytest.FixtureRequest) -> RolloutConfig:
 
 
 @pytest.fixture(scope="session")
-def rollout_target(request: pytest.FixtureRequest) -> TargetSession:
+def rollout_target(request: pytest.FixtureRequest) -> OpenedTarget:
     session = _run_state(request).session
     if session is None:
         raise pytest.UsageError("the target was not brought up for this run")
@@ -120,14 +120,14 @@ def alembic_project(rollout_config: RolloutConfig) -> AlembicProject:
 
 
 @pytest.fixture
-def db(rollout_target: TargetSession) -> Iterator[Connection]:
+def db(rollout_target: OpenedTarget) -> Iterator[Connection]:
     """A fresh connection with the target's session settings, for reading."""
     with rollout_target.engine.connect() as connection:
         yield connection
 
 
 @pytest.fixture(scope="session")
-def migration_connection(rollout_target: TargetSession) -> Iterator[Connection]:
+def migration_connection(rollout_target: OpenedTarget) -> Iterator[Connection]:
     """The connection destructive steps run on (the run holds the phase lock meanwhile)."""
     try:
         require_destructive(rollout_target.target.kind)
@@ -186,7 +186,7 @@ def predecessor_signoff(request: pytest.FixtureRequest) -> CheckResult:
 
 @pytest.fixture(scope="session")
 def scratch_connection(
-    request: pytest.FixtureRequest, rollout_target: TargetSession, rollout_config: RolloutConfig
+    request: pytest.FixtureRequest, rollout_target: OpenedTarget, rollout_config: RolloutConfig
 ) -> Iterator[Connection]:
     """A throwaway database for rehearsing destructive steps: on the ephemeral target's own
     server, else on a throwaway server of its own; never on the target's server."""

@@ -32,6 +32,12 @@ from pytest_ledger_rollout.phases.model import (
     Rehearsal,
     Role,
 )
+from pytest_ledger_rollout.phases.opened_target import (
+    TargetRefused,
+    open_target,
+    resolve_target,
+    start_in_background,
+)
 from pytest_ledger_rollout.phases.provenance import RepositoryState, repository_state
 from pytest_ledger_rollout.phases.rehearsal import RehearsalFailed, rehearse
 from pytest_ledger_rollout.phases.signoff import (
@@ -45,12 +51,6 @@ from pytest_ledger_rollout.phases.signoff import (
     staged_html,
     write_checksums,
     write_json,
-)
-from pytest_ledger_rollout.phases.target_session import (
-    TargetRefused,
-    open_target_session,
-    resolve_target,
-    start_in_background,
 )
 from pytest_ledger_rollout.phases.waivers import SKIP_REASON, WaiverError, load_waivers
 from pytest_ledger_rollout.plugin import fixtures
@@ -365,7 +365,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
         return
     session.items[:] = _in_model_order(session.items, state.phase)
     try:
-        state.session = open_target_session(
+        state.session = open_target(
             state.config,
             state.target,
             state.phase,

@@ -12,8 +12,8 @@ import pytest
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases.model import Check, Phase, Role, Step
+from pytest_ledger_rollout.phases.opened_target import OpenedTarget
 from pytest_ledger_rollout.phases.signoff import RunRecord, SignoffPaths
-from pytest_ledger_rollout.phases.target_session import TargetSession
 from pytest_ledger_rollout.results import Evidence
 from pytest_ledger_rollout.targets.declared import ResolvedTarget
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
@@ -44,7 +44,7 @@ class RunState:
     ephemeral_start: Future[EphemeralServer] | None = None  # started while pytest collects
     predecessor: Path | None = None  # an explicit predecessor sign-off (else the newest found)
     pilot_candidates: int = 0  # prd-pilot: how many ranked candidates to list (0: none)
-    session: TargetSession | None = None
+    session: OpenedTarget | None = None
     # Where pytest-html writes the report before it is placed, never through a symlink.
     html_staging: Path | None = None
     signature: Path | None = None  # the sign-off's .sig, when [signoff] signing_key is set

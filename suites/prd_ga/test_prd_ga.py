@@ -17,15 +17,15 @@ from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
 from pytest_ledger_rollout.checks.migrations import AlembicProject, check_release_downgrades
 from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
 from pytest_ledger_rollout.config import RolloutConfig
-from pytest_ledger_rollout.phases.target_session import TargetSession
+from pytest_ledger_rollout.phases.opened_target import OpenedTarget
 from pytest_ledger_rollout.plugin.fixtures import StepRecorder
 from pytest_ledger_rollout.results import CheckResult
 
 
 @pytest.mark.dod("4.0")
-def test_pilot_decided_go(predecessor_signoff: CheckResult, evidence: StepRecorder) -> None:
+def test_pilot_decided_go(predecessor_signoff: CheckResult, recorder: StepRecorder) -> None:
     """PRD-PILOT decided GO for this migration head and release (its sign-off verified)"""
-    evidence.check(predecessor_signoff)
+    recorder.check(predecessor_signoff)
 
 
 @pytest.mark.dod("4.1")
@@ -33,11 +33,11 @@ def test_enforced_tenants_are_the_declared_waves(
     db: Connection,
     flag_relation: FlagRelation,
     rollout_config: RolloutConfig,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """The tenants with enforcement on are exactly the waves declared so far"""
     enforce, tenants = rollout_config.flags.enforce_flag, rollout_config.tenants
-    evidence.check(check_waves(db, flag_relation, tenants, enforce, rollout_config.ga.waves))
+    recorder.check(check_waves(db, flag_relation, tenants, enforce, rollout_config.ga.waves))
 
 
 @pytest.mark.dod("4.1")
@@ -45,12 +45,12 @@ def test_every_enabled_tenant_is_clean(
     db: Connection,
     flag_relation: FlagRelation,
     rollout_config: RolloutConfig,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """Every enabled tenant: backfill clean, signature enforced too, enforced after its backfill"""
     flags, ledger, tenants = rollout_config.flags, rollout_config.ledger, rollout_config.tenants
     enforce, rows = flags.enforce_flag, flag_relation
-    evidence.check(
+    recorder.check(
         check_enforced_backfill(db, ledger, rows, tenants, enforce),
         check_enforce_with_signature(db, rows, tenants, enforce, flags.signature_flag),
         check_enforce_after_tenant_backfill(db, ledger, rows, tenants, enforce),
@@ -62,13 +62,13 @@ def test_rollback_plan_ready(
     db: Connection,
     flag_relation: FlagRelation,
     rollout_config: RolloutConfig,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """Every flag of the rollback plan exists as each enabled tenant's own row"""
     ga = rollout_config.ga
     flags = ga.rollback_flags or RollbackPlan().default
     plan = {tenant: flags for wave in ga.waves for tenant in wave}
-    evidence.check(check_rollback_plan(db, flag_relation, rollout_config.tenants, plan))
+    recorder.check(check_rollback_plan(db, flag_relation, rollout_config.tenants, plan))
 
 
 @pytest.mark.dod("4.2")
@@ -76,12 +76,12 @@ def test_release_downgrades_rehearsed(
     scratch_connection: Connection,
     alembic_project: AlembicProject,
     rollout_config: RolloutConfig,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """Every revision of this release downgrades (rehearsed on a throwaway database)"""
     chain, baseline = rollout_config.migrations.expected_chain, rollout_config.migrations.baseline
     release = chain[chain.index(baseline) + 1 :]
-    evidence.check(check_release_downgrades(alembic_project, scratch_connection, release))
+    recorder.check(check_release_downgrades(alembic_project, scratch_connection, release))
 
 
 @pytest.mark.dod("4.3")
@@ -89,27 +89,27 @@ def test_enforcement_in_general_use(
     db: Connection,
     flag_relation: FlagRelation,
     rollout_config: RolloutConfig,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """Enforcement on for all tenants (or the configured share)"""
     ga, tenants = rollout_config.ga, rollout_config.tenants
     enforce = rollout_config.flags.enforce_flag
-    evidence.check(check_general_use(db, flag_relation, tenants, enforce, ga.min_share))
+    recorder.check(check_general_use(db, flag_relation, tenants, enforce, ga.min_share))
 
 
 @pytest.mark.dod("4.3")
 def test_signals_clean_for_the_latest_wave(
     flag_states: list[FlagState],
-    rollout_target: TargetSession,
+    rollout_target: OpenedTarget,
     rollout_config: RolloutConfig,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """OPS-02 signals clean: the latest wave against the tenants enabled before it"""
     waves, flags = rollout_config.ga.waves, rollout_config.flags
     latest = waves[-1] if waves else ()
     earlier = tuple(tenant for wave in waves[:-1] for tenant in wave)
     services = rollout_target.services
-    evidence.check(
+    recorder.check(
         check_decision(
             services.prometheus_url,
             latest,

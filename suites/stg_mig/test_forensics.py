@@ -37,7 +37,7 @@ from pytest_ledger_rollout.checks.forensics.snapshot import StaleSnapshot, histo
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.masking import Scrubber
-from pytest_ledger_rollout.phases.target_session import TargetSession
+from pytest_ledger_rollout.phases.opened_target import OpenedTarget
 from pytest_ledger_rollout.plugin.fixtures import StepRecorder
 from pytest_ledger_rollout.results import DodFailure, Evidence, Failure, failed, passed
 from pytest_ledger_rollout.targets.postgres import EphemeralUnavailable
@@ -45,7 +45,7 @@ from pytest_ledger_rollout.targets.postgres import EphemeralUnavailable
 
 @pytest.fixture(scope="session")
 def replay(
-    alembic_project: AlembicProject, rollout_config: RolloutConfig, rollout_target: TargetSession
+    alembic_project: AlembicProject, rollout_config: RolloutConfig, rollout_target: OpenedTarget
 ) -> History | NotReplayable:
     """Every revision's fingerprint (the snapshot, else one walk on a throwaway database), or
     why the history cannot be replayed on a fresh database."""
@@ -95,7 +95,7 @@ def target_copy(
     alembic_project: AlembicProject,
     pending: PendingUpgrade,
     rollout_config: RolloutConfig,
-    rollout_target: TargetSession,
+    rollout_target: OpenedTarget,
 ) -> CopyRehearsal:
     """The pending revisions applied to a schema-only copy of the target (read-only on it)."""
     with rollout_target.engine.connect() as connection:
@@ -145,11 +145,11 @@ def test_history_replays_on_a_fresh_database(
     replay: History | NotReplayable,
     alembic_project: AlembicProject,
     rollout_config: RolloutConfig,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """The history replays on a fresh database (from empty, or the declared base schema)"""
     if isinstance(replay, NotReplayable):
-        evidence.check(failed(replay.failure))
+        recorder.check(failed(replay.failure))
         return
     base = alembic_project.base_schema
     start = f"the base schema {base}" if base else "an empty database"
@@ -159,7 +159,7 @@ def test_history_replays_on_a_fresh_database(
         if snapshot is not None and snapshot.exists()
         else "a walk on a throwaway database"
     )
-    evidence.check(
+    recorder.check(
         passed(
             f"{len(replay.order)} revision(s) replay from {start} ({source})",
             Evidence(
@@ -180,19 +180,19 @@ def test_schema_matches_claimed_revision(
     replay: History | NotReplayable,
     pending: PendingUpgrade,
     rollout_config: RolloutConfig,
-    rollout_target: TargetSession,
-    evidence: StepRecorder,
+    rollout_target: OpenedTarget,
+    recorder: StepRecorder,
 ) -> None:
     """The schema is the one `alembic current` claims (else: which revision it matches)"""
     if not pending.revisions:
         # It guards the upgrade, and nothing is pending: at head, 1.3 judges the schema.
-        evidence.check(passed("nothing pending: at head, step 1.3 checks the schema for drift"))
+        recorder.check(passed("nothing pending: at head, step 1.3 checks the schema for drift"))
         return
     if _on_a_copy(replay, alembic_project):
         # No fingerprints to compare with: the pending revisions must apply cleanly to a copy
         # of the target's schema before they may run on the target.
         copy: CopyRehearsal = request.getfixturevalue("target_copy")
-        evidence.check(copy.result)
+        recorder.check(copy.result)
         return
     assert isinstance(replay, History)
     state = read_state(
@@ -201,11 +201,11 @@ def test_schema_matches_claimed_revision(
         alembic_project.current(db),
         rollout_config.forensics.ignore_tables,
     )
-    evidence.check(check_schema_state(state, rollout_target.target.kind))
+    recorder.check(check_schema_state(state, rollout_target.target.kind))
 
 
 @pytest.fixture(scope="session")
-def pending(alembic_project: AlembicProject, rollout_target: TargetSession) -> PendingUpgrade:
+def pending(alembic_project: AlembicProject, rollout_target: OpenedTarget) -> PendingUpgrade:
     """The pending upgrade as it stood before step 1.2 upgraded the target."""
     with rollout_target.engine.connect() as connection:
         return read_pending(alembic_project, connection)
@@ -213,38 +213,38 @@ def pending(alembic_project: AlembicProject, rollout_target: TargetSession) -> P
 
 @pytest.mark.dod("1.2")
 def test_preflight_pending_ids_fit_version_table(
-    db: Connection, pending: PendingUpgrade, evidence: StepRecorder
+    db: Connection, pending: PendingUpgrade, recorder: StepRecorder
 ) -> None:
     """Pre-flight: every pending revision id fits alembic_version.version_num"""
-    evidence.check(check_version_width(db, pending))
+    recorder.check(check_version_width(db, pending))
 
 
 @pytest.mark.dod("1.2")
 def test_preflight_unique_holds_on_todays_rows(
-    db: Connection, pending: PendingUpgrade, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection, pending: PendingUpgrade, rollout_config: RolloutConfig, recorder: StepRecorder
 ) -> None:
     """Pre-flight: no duplicate groups would break the configured UNIQUE constraints"""
     limit = rollout_config.forensics.duplicate_groups_shown
-    evidence.check(
+    recorder.check(
         *(check_unique_preflight(db, spec, limit, pending) for spec in rollout_config.unique)
     )
 
 
 @pytest.mark.dod("1.2")
 def test_preflight_no_long_locks_on_large_tables(
-    db: Connection, pending: PendingUpgrade, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection, pending: PendingUpgrade, rollout_config: RolloutConfig, recorder: StepRecorder
 ) -> None:
     """Pre-flight: no pending statement holds a long lock on a large table (squawk + catalog)"""
-    evidence.check(check_lock_hazards(db, pending, rollout_config.forensics))
+    recorder.check(check_lock_hazards(db, pending, rollout_config.forensics))
 
 
 @pytest.mark.dod("1.4")
 def test_upgraded_revisions_have_downgrades(
-    alembic_project: AlembicProject, pending: PendingUpgrade, evidence: StepRecorder
+    alembic_project: AlembicProject, pending: PendingUpgrade, recorder: StepRecorder
 ) -> None:
     """Before the smoke: the upgraded revisions and head have a downgrade"""
     revisions = tuple(dict.fromkeys((*pending.revisions, *alembic_project.heads())))
-    evidence.check(check_downgrades(alembic_project, revisions))
+    recorder.check(check_downgrades(alembic_project, revisions))
 
 
 @pytest.mark.dod("1.4")
@@ -252,11 +252,11 @@ def test_upgraded_revisions_downgrade_to_their_parents(
     alembic_project: AlembicProject,
     history: History,
     pending: PendingUpgrade,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """Before the smoke: each upgraded revision's downgrade restores its parent's schema"""
     revisions = tuple(dict.fromkeys((*pending.revisions, *alembic_project.heads())))
-    evidence.check(check_downgrades_proven(history, revisions))
+    recorder.check(check_downgrades_proven(history, revisions))
 
 
 @pytest.mark.dod("1.3")
@@ -266,7 +266,7 @@ def test_no_drift_at_head(
     alembic_project: AlembicProject,
     history: History,
     rollout_config: RolloutConfig,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """At head, the schema is exactly the head fingerprint (no change made by hand)"""
     result = check_drift_at_head(
@@ -282,4 +282,4 @@ def test_no_drift_at_head(
             "target taken before the upgrade (older drift is not visible without a replayable "
             "history: step 1.1)",
         )
-    evidence.check(result)
+    recorder.check(result)

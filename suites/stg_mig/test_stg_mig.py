@@ -15,7 +15,7 @@ from pytest_ledger_rollout.checks.migrations import (
 )
 from pytest_ledger_rollout.checks.schema import check_unique_constraint
 from pytest_ledger_rollout.config import RolloutConfig
-from pytest_ledger_rollout.phases.target_session import TargetSession
+from pytest_ledger_rollout.phases.opened_target import OpenedTarget
 from pytest_ledger_rollout.plugin.fixtures import StepRecorder
 from pytest_ledger_rollout.results import DodFailure, Failure
 from pytest_ledger_rollout.targets.kinds import STAGING
@@ -23,40 +23,40 @@ from pytest_ledger_rollout.targets.kinds import STAGING
 
 @pytest.mark.dod("1.1")
 def test_connected_to_expected_database(
-    rollout_target: TargetSession, evidence: StepRecorder
+    rollout_target: OpenedTarget, recorder: StepRecorder
 ) -> None:
     """Connected to the expected database (host and database from URL and server)"""
-    evidence.check(rollout_target.identity_result)
+    recorder.check(rollout_target.identity_result)
 
 
 @pytest.mark.dod("1.1")
 def test_alembic_current_not_empty(
-    db: Connection, alembic_project: AlembicProject, evidence: StepRecorder
+    db: Connection, alembic_project: AlembicProject, recorder: StepRecorder
 ) -> None:
     """`alembic current` is not empty"""
-    evidence.check(check_current_not_empty(alembic_project, db))
+    recorder.check(check_current_not_empty(alembic_project, db))
 
 
 @pytest.mark.dod("1.1")
-def test_history_has_one_head(alembic_project: AlembicProject, evidence: StepRecorder) -> None:
+def test_history_has_one_head(alembic_project: AlembicProject, recorder: StepRecorder) -> None:
     """The history has exactly one head"""
-    evidence.check(check_single_head(alembic_project))
+    recorder.check(check_single_head(alembic_project))
 
 
 @pytest.mark.dod("1.1")
 def test_history_chain_is_expected(
-    alembic_project: AlembicProject, rollout_config: RolloutConfig, evidence: StepRecorder
+    alembic_project: AlembicProject, rollout_config: RolloutConfig, recorder: StepRecorder
 ) -> None:
     """The history chain ending at head is the expected chain"""
-    evidence.check(check_history_chain(alembic_project, rollout_config.migrations.expected_chain))
+    recorder.check(check_history_chain(alembic_project, rollout_config.migrations.expected_chain))
 
 
 @pytest.mark.dod("1.1")
 def test_app_alembic_sees_same_database(
-    rollout_target: TargetSession,
+    rollout_target: OpenedTarget,
     db: Connection,
     alembic_project: AlembicProject,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """The app's Alembic sees the same database and revision"""
     target = rollout_target.target.config
@@ -76,33 +76,33 @@ def test_app_alembic_sees_same_database(
                 ),
             )
         )
-    evidence.check(
+    recorder.check(
         check_app_sees_same_database(
             target.app_host,
             target.app_dir,
             target.database_url_env,
             db,
             alembic_project.current(db),
-            evidence.scrubber,
+            recorder.scrubber,
         )
     )
 
 
 @pytest.mark.dod("1.2")
 def test_upgrade_head(
-    migration_connection: Connection, alembic_project: AlembicProject, evidence: StepRecorder
+    migration_connection: Connection, alembic_project: AlembicProject, recorder: StepRecorder
 ) -> None:
     """`alembic upgrade head` finishes without error and current is head"""
     hint = live_stamp_hint(alembic_project, migration_connection)
-    evidence.check(check_upgrade_head(alembic_project, migration_connection, hint))
+    recorder.check(check_upgrade_head(alembic_project, migration_connection, hint))
 
 
 @pytest.mark.dod("1.3")
 def test_table_and_unique_constraint(
-    db: Connection, rollout_config: RolloutConfig, evidence: StepRecorder
+    db: Connection, rollout_config: RolloutConfig, recorder: StepRecorder
 ) -> None:
     """Table exists with the UNIQUE constraint over the configured columns"""
-    evidence.check(*(check_unique_constraint(db, spec) for spec in rollout_config.unique))
+    recorder.check(*(check_unique_constraint(db, spec) for spec in rollout_config.unique))
 
 
 @pytest.mark.dod("1.4")
@@ -110,9 +110,9 @@ def test_downgrade_upgrade_smoke(
     migration_connection: Connection,
     alembic_project: AlembicProject,
     rollout_config: RolloutConfig,
-    evidence: StepRecorder,
+    recorder: StepRecorder,
 ) -> None:
     """`alembic downgrade -1` then `alembic upgrade head`, both proven on the schema"""
-    evidence.check(
+    recorder.check(
         check_downgrade_upgrade_smoke(alembic_project, migration_connection, rollout_config.unique)
     )

@@ -83,7 +83,7 @@ class ServiceEndpoints:
 
 
 @dataclass
-class TargetSession:
+class OpenedTarget:
     target: ResolvedTarget
     url: str = field(repr=False)  # holds the password: never in a repr or --showlocals
     engine: Engine
@@ -196,14 +196,14 @@ def _stop_once_started(future: Future[EphemeralServer]) -> None:
     server.stop()
 
 
-def open_target_session(
+def open_target(
     config: RolloutConfig,
     target: ResolvedTarget,
     phase: Phase,
     scrubber: Scrubber,
     stack: ExitStack,
     ephemeral_start: Future[EphemeralServer] | None = None,
-) -> TargetSession:
+) -> OpenedTarget:
     """Connect, take the phase lock where the phase writes, prove identity, and check the
     kind's safety settings, before any check runs. A failure raises TargetRefused."""
     ephemeral = None
@@ -279,7 +279,7 @@ def open_target_session(
     secret = os.environ.get(target.config.webhook_secret_env) or None
     scrubber.register(secret)
     services = ServiceEndpoints(target.config.service_url, target.config.prometheus_url, secret)
-    return TargetSession(target, url, engine, identity, result, ephemeral, services, lock)
+    return OpenedTarget(target, url, engine, identity, result, ephemeral, services, lock)
 
 
 def _export(variable: str, value: str, stack: ExitStack) -> None:
