@@ -5,78 +5,65 @@ Thin by design: every decision lives in the domain modules; this file wires them
 
 from __future__ import annotations
 
-import dataclasses
 import datetime as dt
 import gc
-import getpass
-import html
 import io
 import os
 import sys
-import tempfile
 from collections.abc import Generator
-from pathlib import Path
-from typing import Any, NoReturn
+from typing import NoReturn
 
 import pytest
 
 from pytest_ledger_rollout import __version__
-from pytest_ledger_rollout.config import ConfigError, load_config
-from pytest_ledger_rollout.masking import Scrubber, mask_url
 from pytest_ledger_rollout.phases.chain import SigningError, sign_signoff
 from pytest_ledger_rollout.phases.model import (
-    PHASES,
-    ROLE_ORDER,
-    TEAM_ROLES,
-    Phase,
     Rehearsal,
     Role,
 )
 from pytest_ledger_rollout.phases.opened_target import (
     TargetRefused,
     open_target,
-    resolve_target,
     start_in_background,
 )
-from pytest_ledger_rollout.phases.provenance import RepositoryState, repository_state
 from pytest_ledger_rollout.phases.rehearsal import RehearsalFailed, rehearse
 from pytest_ledger_rollout.phases.signoff import (
     NOT_ATTEMPTED,
     CheckRecord,
-    RunRecord,
     Verdict,
     place_staged,
-    sha256_file,
-    signoff_paths,
     staged_html,
     write_checksums,
     write_json,
 )
-from pytest_ledger_rollout.phases.waivers import SKIP_REASON, WaiverError, load_waivers
+from pytest_ledger_rollout.phases.waivers import SKIP_REASON
 from pytest_ledger_rollout.plugin import fixtures
-from pytest_ledger_rollout.plugin.options import DOD_MARKER, option, rollout_config_path
+from pytest_ledger_rollout.plugin.options import DOD_MARKER
+from pytest_ledger_rollout.plugin.ordering import in_model_order, plan_check
+from pytest_ledger_rollout.plugin.output_scrubbing import (
+    InternalErrorScrubber,
+    html_text,
+    scrub_open_file,
+    scrub_report,
+)
 from pytest_ledger_rollout.plugin.report import (
+    SignoffHtml,
     check_counts,
-    report_title,
-    summary_html,
     terminal_lines,
     verdict_line,
 )
+from pytest_ledger_rollout.plugin.run_start import new_run_state, suite_dir
 from pytest_ledger_rollout.plugin.state import (
     ITEM_EVIDENCE,
     ITEM_PLAN,
     ITEM_SUMMARY,
     RUN_STATE,
-    PlannedCheck,
     RunState,
 )
 from pytest_ledger_rollout.results import DodFailure, Evidence, Failure
-from pytest_ledger_rollout.targets.declared import TargetError
 from pytest_ledger_rollout.targets.kinds import EPHEMERAL
 from pytest_ledger_rollout.targets.postgres import EarlyServer, EphemeralUnavailable
 from pytest_ledger_rollout.targets.prometheus_server import PrometheusUnavailable
-
-SUITES_PACKAGE = "pytest_ledger_rollout.suites"
 
 
 def configure(config: pytest.Config, phase_name: str, early: EarlyServer | None = None) -> None:
@@ -92,7 +79,7 @@ def configure(config: pytest.Config, phase_name: str, early: EarlyServer | None 
             "--phase cannot run under pytest-xdist (-n): the step model runs a phase's checks "
             "in order in one process holding one lock; drop -n for the rollout run"
         )
-    state = _configure_run(config, phase_name)
+    state = new_run_state(config, phase_name)
     config.stash[RUN_STATE] = state
     if config.getoption("htmlpath", None) is None and not config.option.collectonly:
         # pytest-html writes to a private path; the report is placed after it, never through
@@ -102,7 +89,7 @@ def configure(config: pytest.Config, phase_name: str, early: EarlyServer | None 
         config.option.self_contained_html = True
     config.pluginmanager.register(SignoffHtml(state), "ledger_rollout.html")
     # The packaged checks always run; paths given add a team's own checks to them.
-    suite = str(_suite_dir(state.phase))
+    suite = str(suite_dir(state.phase))
     given = config.args if config.args_source == pytest.Config.ArgsSource.ARGS else []
     config.args = [suite, *(arg for arg in given if arg != suite)]
     if state.target.kind == EPHEMERAL and not config.option.collectonly:
@@ -111,159 +98,6 @@ def configure(config: pytest.Config, phase_name: str, early: EarlyServer | None 
         )
     elif early is not None:
         early.stop()
-
-
-def _configure_run(config: pytest.Config, phase_name: str) -> RunState:
-    phase = PHASES.get(phase_name)
-    if phase is None:
-        raise pytest.UsageError(f"unknown --phase {phase_name!r}: use one of {', '.join(PHASES)}")
-    if not _suite_dir(phase).is_dir():
-        raise pytest.UsageError(
-            f"phase {phase.name} has no checks in pytest-ledger-rollout {__version__}: "
-            "nothing can decide it yet"
-        )
-    config_path = rollout_config_path(config)
-    try:
-        rollout = load_config(config_path)
-    except ConfigError as exc:
-        raise pytest.UsageError(f"invalid rollout config: {exc}") from None
-    target_name, _ = option(config, "rollout_target")
-    try:
-        target = resolve_target(rollout, phase, target_name, os.environ)
-    except TargetError as exc:
-        raise pytest.UsageError(str(exc)) from None
-    scrubber = Scrubber()
-    # URLs of the config that may carry user:password@ besides the database's.
-    for url in (
-        target.url,
-        target.config.service_url,
-        target.config.prometheus_url,
-        rollout.flags.source.url,
-    ):
-        scrubber.register_url(url)
-    signoff_value, signoff_base = option(config, "rollout_signoff_dir")
-    assert signoff_value is not None
-    started = dt.datetime.now(dt.UTC)
-    folder = (signoff_base / signoff_value).resolve()
-    paths = signoff_paths(folder, phase.name, target.name, started)
-    record = RunRecord(
-        phase=phase,
-        target=target.name,
-        target_kind=target.kind,
-        scrubber=scrubber,
-        head=rollout.migrations.expected_chain[-1],
-        operator=_operator(),
-        started=started,
-        repositories=_repositories(rollout.migrations.alembic_ini, config_path),
-    )
-    record.environment.update(
-        {
-            "phase": phase.name,
-            "target": f"{target.name} ({target.kind})",
-            "database": mask_url(target.url) if target.url else "ephemeral (started for this run)",
-            "config": f"{config_path.name} sha256:{rollout.sha256[:12]}",
-            "alembic head (expected)": rollout.migrations.expected_chain[-1],
-            "plugin version": __version__,
-            "operator": record.operator,
-            "started (UTC)": started.isoformat(timespec="seconds"),
-            **{
-                f"{name} repository": state.describe() if state else "not a git checkout"
-                for name, state in record.repositories.items()
-            },
-        }
-    )
-    if os.environ.get("CI_RUN_URL") or os.environ.get("GITHUB_RUN_ID"):
-        record.environment["CI run"] = _ci_run_url()
-    _load_waivers(config, record, started.date())
-    release, _ = option(config, "rollout_release")
-    if not release and target.kind != EPHEMERAL:
-        raise pytest.UsageError(
-            f"target {target.name!r} is a {target.kind} target: its sign-off must name the "
-            "release it signs off; pass --release=RC (e.g. --release=2026.11.3) or set "
-            "rollout_release in the ini file"
-        )
-    record.release = release or "rehearsal"
-    record.environment["release"] = record.release
-    predecessor, predecessor_base = option(config, "rollout_predecessor")
-    state = RunState(rollout, phase, target, record, scrubber, paths)
-    if predecessor:
-        state.predecessor = (predecessor_base / predecessor).resolve()
-    candidates, _ = option(config, "rollout_pilot_candidates")
-    if candidates is not None:
-        if not candidates.isdigit() or int(candidates) < 1:
-            raise pytest.UsageError(
-                f"--pilot-candidates must be a positive number, not {candidates!r}"
-            )
-        state.pilot_candidates = int(candidates)
-    _require_writable(folder)
-    return state
-
-
-def _repositories(alembic_ini: Path, config_path: Path) -> dict[str, RepositoryState | None]:
-    """The checkouts holding the migrations and the config; one entry when they are one."""
-    migrations = repository_state(alembic_ini.parent)
-    if migrations is not None and config_path.is_relative_to(migrations.root):
-        return {"migrations and config": migrations}  # one checkout: git asked once
-    return {"migrations": migrations, "config": repository_state(config_path.parent)}
-
-
-def _require_writable(folder: Path) -> None:
-    """The sign-off folder is proven writable before anything touches a database (without
-    creating it: a run refused for another reason leaves nothing behind)."""
-    existing = next(path for path in (folder, *folder.parents) if path.exists())
-    problem = None
-    if not existing.is_dir():
-        problem = f"{existing} is not a folder"
-    elif existing != folder:
-        if not os.access(existing, os.W_OK | os.X_OK):
-            problem = f"{existing} does not let this user create {folder.name}"
-    else:
-        try:
-            with tempfile.NamedTemporaryFile(dir=folder, prefix=".write-test-"):
-                pass
-        except OSError as exc:
-            problem = exc.strerror or str(exc)
-    if problem is not None:
-        raise pytest.UsageError(
-            f"the sign-off folder {folder} cannot be written ({problem}): "
-            "pass --signoff-dir a folder you can write to"
-        )
-
-
-def _load_waivers(config: pytest.Config, record: RunRecord, today: dt.date) -> None:
-    """The waiver file onto the record; its hash goes in the environment, since it changes
-    what the verdict means."""
-    value, base = option(config, "rollout_waivers")
-    if value is None:
-        return
-    path = (base / value).resolve()
-    try:
-        record.waivers = load_waivers(path, record.phase, today)
-    except WaiverError as exc:
-        raise pytest.UsageError(f"invalid waiver file: {exc}") from None
-    record.environment["waivers"] = f"{path.name} sha256:{sha256_file(path)[:12]}"
-
-
-def _suite_dir(phase: Phase) -> Path:
-    import importlib
-
-    suites = importlib.import_module(SUITES_PACKAGE)
-    return Path(str(suites.__file__)).parent / phase.suite
-
-
-def _operator() -> str:
-    try:
-        return getpass.getuser()
-    except (KeyError, OSError):
-        return "unknown"
-
-
-def _ci_run_url() -> str:
-    if os.environ.get("CI_RUN_URL"):
-        return os.environ["CI_RUN_URL"]
-    server = os.environ.get("GITHUB_SERVER_URL", "https://github.com")
-    repository = os.environ.get("GITHUB_REPOSITORY", "")
-    return f"{server}/{repository}/actions/runs/{os.environ['GITHUB_RUN_ID']}"
 
 
 def pytest_report_header(config: pytest.Config) -> str | None:
@@ -289,14 +123,14 @@ def pytest_collection_modifyitems(
     state = config.stash.get(RUN_STATE, None)
     if state is None:
         return
-    suite = _suite_dir(state.phase).resolve()
+    suite = suite_dir(state.phase).resolve()
     selected, deselected, seen = [], [], set()
     for item in items:
         if item.get_closest_marker(DOD_MARKER) is None or item.nodeid in seen:
             deselected.append(item)
             continue
         seen.add(item.nodeid)
-        item.stash[ITEM_PLAN] = _plan(item, state.phase, suite)
+        item.stash[ITEM_PLAN] = plan_check(item, state.phase, suite)
         waiver = state.record.waivers.get(item.stash[ITEM_PLAN].step.id)
         if waiver is not None and waiver.skips:
             item.add_marker(pytest.mark.skip(reason=SKIP_REASON))
@@ -308,51 +142,7 @@ def pytest_collection_modifyitems(
             f"phase {state.phase.name} selected no check (after -k/-m and the given paths): "
             "a phase with nothing checked cannot be decided"
         )
-    items[:] = _in_model_order(selected, state.phase)
-
-
-def _plan(item: pytest.Item, phase: Phase, suite: Path) -> PlannedCheck:
-    """The item's place in the step model: a packaged check by its function in the phase's
-    own suite package, anything else a team's check in the step its marker names."""
-    marker = item.get_closest_marker(DOD_MARKER)
-    assert marker is not None
-    step_id = str(marker.args[0]) if marker.args else ""
-    function = getattr(item, "originalname", item.name)
-    packaged = phase.packaged(function) if item.path.resolve().is_relative_to(suite) else None
-    if packaged is not None:
-        step, check = packaged
-        if step.id != step_id:
-            raise pytest.UsageError(
-                f"{item.nodeid} is marked dod({step_id!r}) but the step model of "
-                f"{phase.name} has it in step {step.id}"
-            )
-        return PlannedCheck(step, check.role, check)
-    marked = phase.step(step_id)
-    if marked is None:
-        raise pytest.UsageError(
-            f"{item.nodeid} is marked dod({step_id!r}), which is not a step of "
-            f"{phase.name} ({', '.join(s.id for s in phase.steps)})"
-        )
-    role = str(marker.kwargs.get("role", Role.VERIFICATION))
-    if role not in TEAM_ROLES:
-        raise pytest.UsageError(
-            f"{item.nodeid} is marked dod({step_id!r}, role={role!r}): a team's own check "
-            f"takes the role {', '.join(TEAM_ROLES)} (actions belong to the packaged suites)"
-        )
-    return PlannedCheck(marked, Role(role), None)
-
-
-def _in_model_order(items: list[pytest.Item], phase: Phase) -> list[pytest.Item]:
-    """Step by step; within a step probes, pre-flights, actions, verifications; packaged
-    checks in their declared order before a team's; whatever order other plugins left."""
-    steps = {step.id: index for index, step in enumerate(phase.steps)}
-
-    def position(item: pytest.Item) -> tuple[int, int, int]:
-        plan = item.stash[ITEM_PLAN]
-        declared = plan.step.checks.index(plan.check) if plan.check else len(plan.step.checks)
-        return steps[plan.step.id], ROLE_ORDER[plan.role], declared
-
-    return sorted(items, key=position)
+    items[:] = in_model_order(selected, state.phase)
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -363,7 +153,7 @@ def pytest_runtestloop(session: pytest.Session) -> None:
     state = session.config.stash.get(RUN_STATE, None)
     if state is None or session.config.option.collectonly or not session.items:
         return
-    session.items[:] = _in_model_order(session.items, state.phase)
+    session.items[:] = in_model_order(session.items, state.phase)
     try:
         state.session = open_target(
             state.config,
@@ -447,7 +237,7 @@ def pytest_runtest_makereport(
     if finding is not None and report.failed:
         # The finding is the news; a traceback of the plugin's own code is not.
         report.longrepr = str(DodFailure(finding))
-    _scrub_report(report, state.scrubber)
+    scrub_report(report, state.scrubber)
     if ITEM_PLAN not in item.stash or not _is_final(report):
         return report
     plan = item.stash[ITEM_PLAN]
@@ -539,33 +329,6 @@ def _is_final(report: pytest.TestReport) -> bool:
 def _check_title(item: pytest.Item) -> str:
     doc = getattr(getattr(item, "function", None), "__doc__", None)
     return doc.strip().splitlines()[0] if doc else item.name
-
-
-def _scrub_report(report: pytest.TestReport, scrubber: Scrubber) -> None:
-    if isinstance(report.longrepr, tuple):
-        path, line, reason = report.longrepr
-        report.longrepr = (path, line, scrubber.scrub(reason))
-    elif report.longrepr is not None:
-        text = str(report.longrepr)
-        cleaned = scrubber.scrub(text)
-        if cleaned != text:
-            report.longrepr = cleaned
-    report.sections = [(title, scrubber.scrub(body)) for title, body in report.sections]
-
-
-class SignoffHtml:
-    """pytest-html hooks, registered only for a phase run (the hooks exist with pytest-html)."""
-
-    def __init__(self, state: RunState) -> None:
-        self.state = state
-
-    def pytest_html_report_title(self, report: Any) -> None:
-        report.title = self.state.scrubber.scrub(report_title(self.state.record))
-
-    def pytest_html_results_summary(
-        self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
-    ) -> None:
-        prefix.append(summary_html(self.state.record))
 
 
 _CUT_SHORT = {
@@ -667,55 +430,11 @@ def pytest_sessionstart(session: pytest.Session) -> None:
         # after the last hook and before pytest closes the file.
         debug_file = getattr(write, "__self__", None)
         if isinstance(debug_file, io.TextIOWrapper):
-            session.config.add_cleanup(lambda: _scrub_open_file(debug_file, state.scrubber))
+            session.config.add_cleanup(lambda: scrub_open_file(debug_file, state.scrubber))
     try:
         from pytest_metadata.plugin import metadata_key
     except ImportError:
         return
     metadata = session.config.stash[metadata_key]
     for key, value in metadata.items():
-        metadata[key] = _html_text(value, state.scrubber)
-
-
-def _scrub_open_file(handle: io.TextIOWrapper, scrubber: Scrubber) -> None:
-    handle.flush()
-    text = Path(handle.name).read_text(encoding="utf-8")
-    handle.seek(0)
-    handle.write(scrubber.scrub(text))
-    handle.truncate()
-
-
-def _html_text(value: object, scrubber: Scrubber) -> object:
-    """pytest-html puts environment values (and both sides of a dict's items) in the page with
-    innerHTML: escaped, a recorded value such as ``<img onerror=...>`` stays text. Scrubbed
-    too: pytest-metadata also prints them in the terminal header (-v)."""
-    if isinstance(value, dict):
-        return {_html_text(k, scrubber): _html_text(v, scrubber) for k, v in value.items()}
-    return html.escape(scrubber.scrub(str(value)))
-
-
-class InternalErrorScrubber:
-    """An internal error (the database down at the gate, with ``--showlocals``) shows locals
-    of library frames that hold the password in their own spelling (a libpq conninfo, a
-    truncated repr): the representation is scrubbed in place before the terminal, junit XML
-    or any other plugin renders it."""
-
-    def __init__(self, scrubber: Scrubber) -> None:
-        self.scrubber = scrubber
-
-    @pytest.hookimpl(tryfirst=True)
-    def pytest_internalerror(self, excrepr: object) -> None:
-        _scrub_fields(excrepr, self.scrubber, set())
-
-
-def _scrub_fields(node: object, scrubber: Scrubber, seen: set[int]) -> object:
-    """``node`` with every string in it scrubbed; pytest's repr dataclasses in place."""
-    if isinstance(node, str):
-        return scrubber.scrub(node)
-    if isinstance(node, list | tuple):
-        return type(node)(_scrub_fields(item, scrubber, seen) for item in node)
-    if dataclasses.is_dataclass(node) and not isinstance(node, type) and id(node) not in seen:
-        seen.add(id(node))
-        for field in dataclasses.fields(node):
-            setattr(node, field.name, _scrub_fields(getattr(node, field.name), scrubber, seen))
-    return node
+        metadata[key] = html_text(value, state.scrubber)

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from html import escape
+from typing import Any
+
+import pytest
 
 from pytest_ledger_rollout.phases.signoff import (
     FAILED,
@@ -22,6 +25,7 @@ from pytest_ledger_rollout.phases.signoff import (
     count_outcomes,
 )
 from pytest_ledger_rollout.phases.waivers import WAIVED, WAIVED_NOT_RUN
+from pytest_ledger_rollout.plugin.state import RunState
 from pytest_ledger_rollout.results import TABLE_EVIDENCE, Evidence, Failure
 
 _COLOURS = {
@@ -239,3 +243,18 @@ def _failure_lines(step: StepOutcome) -> Iterator[str]:
         for title, text in check.failure.blocks():
             yield f"              {title}:"
             yield from (f"                {line}" for line in text.splitlines()[:12])
+
+
+class SignoffHtml:
+    """pytest-html hooks, registered only for a phase run (the hooks exist with pytest-html)."""
+
+    def __init__(self, state: RunState) -> None:
+        self.state = state
+
+    def pytest_html_report_title(self, report: Any) -> None:
+        report.title = self.state.scrubber.scrub(report_title(self.state.record))
+
+    def pytest_html_results_summary(
+        self, prefix: list[str], summary: list[str], postfix: list[str], session: pytest.Session
+    ) -> None:
+        prefix.append(summary_html(self.state.record))
