@@ -252,6 +252,50 @@ def test_a_teams_failing_preflight_stops_the_upgrade(
     assert scenario_db.current() == (CHAIN[0],)
 
 
+def test_a_teams_check_records_its_evidence_and_finding_through_the_recorder(
+    scenario_db: ScenarioDb, tmp_path: Path, run_phase: RunPhase, pytester: pytest.Pytester
+) -> None:
+    """The README's fixtures for a team's check: ``db`` reads the target, ``recorder`` puts
+    what it saw into the sign-off and fails it with Expected / Seen / What to do."""
+    pytester.makepyfile(
+        test_team=textwrap.dedent(
+            """
+            import pytest
+            from sqlalchemy import text
+
+            from pytest_ledger_rollout.results import Evidence, Failure, failed
+
+            @pytest.mark.dod("1.3")
+            def test_no_legacy_view(db, recorder):
+                sql = "SELECT count(*) FROM pg_views WHERE viewname = 'wallets'"
+                seen = db.execute(text(sql)).scalar_one()
+                recorder.check(
+                    failed(
+                        Failure("A team rule", "a legacy view", f"{seen} view(s)", "Add it."),
+                        Evidence("team query", sql),
+                    )
+                )
+            """
+        )
+    )
+    config = write_config(tmp_path, database=scenario_db.name)
+    run = run_phase(
+        config, "--target=staging", str(pytester.path / "test_team.py"), url=scenario_db.url
+    )
+    assert run.json()["verdict"] == "FAIL"
+    team = next(c for c in run.step("1.3")["checks"] if c["name"] == "test_no_legacy_view")
+    assert team["outcome"] == "failed" and team["check"] is None
+    assert team["failure"] == {
+        "title": "A team rule",
+        "expected": "a legacy view",
+        "seen": "0 view(s)",
+        "remedy": "Add it.",
+    }
+    assert [e["label"] for e in team["evidence"]] == ["team query"]
+    # The packaged checks of 1.3 ran and decided too.
+    assert {c["check"] for c in run.step("1.3")["checks"]} >= {"test_no_drift_at_head"}
+
+
 def test_a_team_check_cannot_be_an_action(
     tmp_path: Path, run_phase: RunPhase, pytester: pytest.Pytester
 ) -> None:
