@@ -57,23 +57,6 @@ def tenant_flips(
     return flips
 
 
-def check_decision(
-    prometheus_url: str | None,
-    pilots: Sequence[str],
-    controls: Sequence[str],
-    flips: dict[str, datetime],
-    policy: DecisionPolicy,
-    *,
-    at: datetime | None = None,
-    dry_run: bool = False,
-    rollback: RollbackPlan | None = None,
-) -> CheckResult:
-    """The OPS-02 signals for ``pilots`` against ``controls`` as a check (4.3 widens on it)."""
-    return decide_ops02(
-        prometheus_url, pilots, controls, flips, policy, at=at, dry_run=dry_run, rollback=rollback
-    ).result
-
-
 def decide_ops02(
     prometheus_url: str | None,
     pilots: Sequence[str],

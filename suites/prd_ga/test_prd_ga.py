@@ -15,7 +15,7 @@ from pytest_ledger_rollout.checks.ga.waves import (
 )
 from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
 from pytest_ledger_rollout.checks.migrations import AlembicProject, check_release_downgrades
-from pytest_ledger_rollout.checks.ops02 import check_decision, tenant_flips
+from pytest_ledger_rollout.checks.ops02 import decide_ops02, tenant_flips
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.phases.opened_target import OpenedTarget
 from pytest_ledger_rollout.plugin.fixtures import StepRecorder
@@ -109,13 +109,12 @@ def test_signals_clean_for_the_latest_wave(
     latest = waves[-1] if waves else ()
     earlier = tuple(tenant for wave in waves[:-1] for tenant in wave)
     services = rollout_target.services
-    recorder.check(
-        check_decision(
-            services.prometheus_url,
-            latest,
-            earlier,
-            tenant_flips(flag_states, (flags.signature_flag, flags.enforce_flag), latest),
-            rollout_config.metrics.decision,
-            at=services.evaluate_at,
-        )
+    signals = decide_ops02(
+        services.prometheus_url,
+        latest,
+        earlier,
+        tenant_flips(flag_states, (flags.signature_flag, flags.enforce_flag), latest),
+        rollout_config.metrics.decision,
+        at=services.evaluate_at,
     )
+    recorder.check(signals.result)  # GA widens on clean signals; it decides no GO of its own
