@@ -17,7 +17,7 @@ from sqlalchemy import Engine, text
 
 from pytest_ledger_rollout.checks.flags import SQL, FlagSourceConfig, read_flags
 from pytest_ledger_rollout.checks.metrics.decision import Verdict
-from pytest_ledger_rollout.checks.ops02 import Ops02Decision, decide_ops02, tenant_flips
+from pytest_ledger_rollout.checks.tenant_decision import Ops02Decision, decide_ops02, tenant_flips
 from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.phases.chain import check_predecessor
 from pytest_ledger_rollout.phases.model import PHASES
@@ -216,7 +216,7 @@ TEAM_DECIDES = """
 import pytest
 
 from pytest_ledger_rollout.checks.metrics.decision import Verdict
-from pytest_ledger_rollout.checks.ops02 import Ops02Decision, Ops02Outcome
+from pytest_ledger_rollout.checks.tenant_decision import Ops02Decision, Ops02Outcome
 from pytest_ledger_rollout.results import passed
 
 

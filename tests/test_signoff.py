@@ -14,7 +14,7 @@ from typing import Any
 import pytest
 
 from pytest_ledger_rollout.checks.metrics.decision import Verdict as Ops02Verdict
-from pytest_ledger_rollout.checks.ops02 import Ops02Decision
+from pytest_ledger_rollout.checks.tenant_decision import Ops02Decision
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases.chain import check_predecessor
 from pytest_ledger_rollout.phases.model import PHASES, Needs, Phase, Predecessor, Rehearsal

@@ -21,7 +21,7 @@ from typing import Any
 
 from pytest_ledger_rollout import __version__
 from pytest_ledger_rollout.checks.metrics.decision import Verdict as Ops02Verdict
-from pytest_ledger_rollout.checks.ops02 import Ops02Decision
+from pytest_ledger_rollout.checks.tenant_decision import Ops02Decision
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases.model import Check, Phase, Role, Step
 from pytest_ledger_rollout.phases.provenance import RepositoryState

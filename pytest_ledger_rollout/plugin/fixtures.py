@@ -11,7 +11,7 @@ from sqlalchemy.engine import Connection
 from pytest_ledger_rollout.checks.flags import FlagRelation, FlagSourceError, FlagState, read_flags
 from pytest_ledger_rollout.checks.forensics.history import scratch_database
 from pytest_ledger_rollout.checks.migrations import AlembicProject
-from pytest_ledger_rollout.checks.ops02 import Ops02Outcome
+from pytest_ledger_rollout.checks.tenant_decision import Ops02Outcome
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.masking import Scrubber
 from pytest_ledger_rollout.phases.chain import check_predecessor

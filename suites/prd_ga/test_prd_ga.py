@@ -15,7 +15,7 @@ from pytest_ledger_rollout.checks.ga.waves import (
 )
 from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
 from pytest_ledger_rollout.checks.migrations import AlembicProject, check_release_downgrades
-from pytest_ledger_rollout.checks.ops02 import decide_ops02, tenant_flips
+from pytest_ledger_rollout.checks.tenant_decision import decide_ops02, tenant_flips
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.phases.opened_target import OpenedTarget
 from pytest_ledger_rollout.plugin.fixtures import StepRecorder

@@ -7,9 +7,9 @@ from sqlalchemy.engine import Connection
 from pytest_ledger_rollout.checks.flags import FlagRelation, FlagState
 from pytest_ledger_rollout.checks.ledger import check_no_mismatch
 from pytest_ledger_rollout.checks.metrics.decision import RollbackPlan
-from pytest_ledger_rollout.checks.ops02 import decide_ops02, tenant_flips
 from pytest_ledger_rollout.checks.pilot.blast_radius import check_pilot_flags
 from pytest_ledger_rollout.checks.pilot.candidates import candidates_report, check_pilot_tenants
+from pytest_ledger_rollout.checks.tenant_decision import decide_ops02, tenant_flips
 from pytest_ledger_rollout.config import RolloutConfig
 from pytest_ledger_rollout.phases.opened_target import OpenedTarget
 from pytest_ledger_rollout.plugin.fixtures import StepRecorder

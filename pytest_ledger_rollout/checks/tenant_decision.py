@@ -1,4 +1,5 @@
-"""OPS-02 as the PRD phases run it: flip times from the flags, the decision from Prometheus,
+"""The GO / HOLD / ROLLBACK decision for the tenants whose flags flipped (the runbook's OPS-02),
+as the PRD phases take it: flip times from the flags, the signals from Prometheus,
 and the decision as a typed value (``Ops02Decision``) that 3.3 hands to the run record: the
 sign-off's GO / HOLD / ROLLBACK. Its display string is only ever shown, never parsed."""
 
