@@ -10,8 +10,8 @@ from typing import Any
 import pytest
 
 from pytest_ledger_rollout.config import ConfigError, SignoffConfig, load_config
-from pytest_ledger_rollout.phases.chain import SIGNATURE_NAMESPACE, check_predecessor, sign_signoff
-from pytest_ledger_rollout.phases.signoff import write_checksums
+from pytest_ledger_rollout.phases.chain import check_predecessor
+from pytest_ledger_rollout.phases.signoff import SIGNATURE_NAMESPACE, sign_signoff, write_checksums
 from pytest_ledger_rollout.results import CheckResult
 
 from .support import HEAD, IDENTITY, RELEASE, passed_steps, write_config, write_signoff

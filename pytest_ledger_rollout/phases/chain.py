@@ -12,7 +12,6 @@ is unchanged, only a signature proves who wrote it.
 
 from __future__ import annotations
 
-import subprocess
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,88 +28,16 @@ from pytest_ledger_rollout.phases.signoff import (
     sha256_file,
     signoffs_of,
     verify_checksums,
-    write_new,
+    verify_signature,
 )
 from pytest_ledger_rollout.phases.waivers import WAIVED
 from pytest_ledger_rollout.results import CheckResult, Evidence, Failure, failed, passed
-
-SIGNATURE_NAMESPACE = "pytest-ledger-rollout"  # ssh-keygen -Y's namespace for sign-offs
-_SIGN_TIMEOUT_S = 30
 
 
 @dataclass(frozen=True)
 class Refusal:
     why: str
     remedy: str
-
-
-def sign_signoff(json_path: Path, key_path: Path) -> Path:
-    """``<json>.sig`` beside the sign-off, from ``ssh-keygen -Y sign`` with an SSH private key
-    (as release engineers sign git tags); written like every report, never over a file."""
-    signature = _ssh_keygen(
-        ["-Y", "sign", "-f", str(key_path), "-n", SIGNATURE_NAMESPACE], json_path.read_bytes()
-    )
-    if signature.returncode != 0:
-        raise SigningError(
-            f"ssh-keygen could not sign {json_path.name} with {key_path}: "
-            f"{_first_line(signature.stderr)}; check [signoff] signing_key (a readable private key "
-            "without a passphrase prompt, or one loaded in ssh-agent)"
-        )
-    sig_path = json_path.with_name(json_path.name + ".sig")
-    write_new(sig_path, signature.stdout)
-    return sig_path
-
-
-class SigningError(RuntimeError):
-    """A sign-off could not be signed; the message names the cause and the fix."""
-
-
-def verify_signature(path: Path, allowed_signers: Path) -> str | Refusal:
-    """The principal whose key in ``allowed_signers`` signed ``path`` (its ``.sig``), or why
-    none did."""
-    sig = path.with_name(path.name + ".sig")
-    remedy = (
-        "Use the sign-off as its phase wrote and signed it, with a key listed in "
-        f"{allowed_signers}; rerun the predecessor phase with [signoff] signing_key set."
-    )
-    if not sig.is_file():
-        return Refusal(f"unsigned: no {sig.name} beside it", remedy)
-    found = _ssh_keygen(["-Y", "find-principals", "-f", str(allowed_signers), "-s", str(sig)], b"")
-    principals = found.stdout.decode(errors="replace").split()
-    if found.returncode != 0 or not principals:
-        return Refusal(f"{sig.name} is not from a key in {allowed_signers.name}", remedy)
-    data = path.read_bytes()
-    for principal in principals:
-        verified = _ssh_keygen(
-            ["-Y", "verify", "-f", str(allowed_signers), "-I", principal,
-             "-n", SIGNATURE_NAMESPACE, "-s", str(sig)],
-            data,
-        )  # fmt: skip
-        if verified.returncode == 0:
-            return principal
-    return Refusal(f"{sig.name} does not verify: the file changed after it was signed", remedy)
-
-
-def _ssh_keygen(args: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
-    try:
-        return subprocess.run(
-            ["ssh-keygen", *args],
-            input=stdin,
-            capture_output=True,
-            timeout=_SIGN_TIMEOUT_S,
-            check=False,
-            start_new_session=True,  # no terminal: a passphrase prompt fails at once, not hangs
-        )
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        raise SigningError(
-            f"ssh-keygen could not run ({exc}): install openssh-client (ssh-keygen 8.2 or "
-            "later), or remove [signoff] from the rollout config"
-        ) from None
-
-
-def _first_line(output: bytes) -> str:
-    lines = output.decode(errors="replace").strip().splitlines()
-    return lines[0] if lines else "no message"
 
 
 def check_predecessor(
@@ -173,8 +100,9 @@ def check_predecessor(
     signer = "not required (no [signoff] allowed_signers)"
     if allowed_signers is not None:
         verified = verify_signature(path, allowed_signers)
-        if isinstance(verified, Refusal):
-            return _refused(link, wanted, str(path), [verified], evidence)
+        if isinstance(verified, UnreadableSignoff):
+            refusal = Refusal(verified.why, verified.remedy)
+            return _refused(link, wanted, str(path), [refusal], evidence)
         signer = f"{verified} (verified against {allowed_signers})"
     evidence.append(Evidence("signature", signer))
     try:

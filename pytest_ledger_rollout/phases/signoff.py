@@ -1,6 +1,7 @@
 """Sign-offs, written and read in this one module: the run record (what each check saw, per
 runbook step, the typed verdict and the pilot's typed decision), the file names, the
-schema-versioned JSON, and the typed reader the phase chain trusts a predecessor through.
+schema-versioned JSON, its checksums and SSH signature (``ssh-keygen -Y``), and the typed
+reader the phase chain trusts a predecessor through.
 
 Display strings (the verdict line, the environment table) are written for people and are
 never read back: the reader takes the JSON's typed fields only."""
@@ -13,6 +14,7 @@ import hashlib
 import json
 import os
 import re
+import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field
@@ -635,3 +637,80 @@ def _read_steps(steps: list[Any]) -> dict[str, SignedStep]:
 
 def _text(value: object) -> bool:
     return isinstance(value, str) and bool(value)
+
+
+SIGNATURE_NAMESPACE = "pytest-ledger-rollout"  # ssh-keygen -Y's namespace for sign-offs
+
+
+_SIGN_TIMEOUT_S = 30
+
+
+def sign_signoff(json_path: Path, key_path: Path) -> Path:
+    """``<json>.sig`` beside the sign-off, from ``ssh-keygen -Y sign`` with an SSH private key
+    (as release engineers sign git tags); written like every report, never over a file."""
+    signature = _ssh_keygen(
+        ["-Y", "sign", "-f", str(key_path), "-n", SIGNATURE_NAMESPACE], json_path.read_bytes()
+    )
+    if signature.returncode != 0:
+        raise SigningError(
+            f"ssh-keygen could not sign {json_path.name} with {key_path}: "
+            f"{_first_line(signature.stderr)}; check [signoff] signing_key (a readable private key "
+            "without a passphrase prompt, or one loaded in ssh-agent)"
+        )
+    sig_path = json_path.with_name(json_path.name + ".sig")
+    write_new(sig_path, signature.stdout)
+    return sig_path
+
+
+class SigningError(RuntimeError):
+    """A sign-off could not be signed; the message names the cause and the fix."""
+
+
+def verify_signature(path: Path, allowed_signers: Path) -> str | UnreadableSignoff:
+    """The principal whose key in ``allowed_signers`` signed ``path`` (its ``.sig``), or why
+    none did."""
+    sig = path.with_name(path.name + ".sig")
+    remedy = (
+        "Use the sign-off as its phase wrote and signed it, with a key listed in "
+        f"{allowed_signers}; rerun the predecessor phase with [signoff] signing_key set."
+    )
+    if not sig.is_file():
+        return UnreadableSignoff(f"unsigned: no {sig.name} beside it", remedy)
+    found = _ssh_keygen(["-Y", "find-principals", "-f", str(allowed_signers), "-s", str(sig)], b"")
+    principals = found.stdout.decode(errors="replace").split()
+    if found.returncode != 0 or not principals:
+        return UnreadableSignoff(f"{sig.name} is not from a key in {allowed_signers.name}", remedy)
+    data = path.read_bytes()
+    for principal in principals:
+        verified = _ssh_keygen(
+            ["-Y", "verify", "-f", str(allowed_signers), "-I", principal,
+             "-n", SIGNATURE_NAMESPACE, "-s", str(sig)],
+            data,
+        )  # fmt: skip
+        if verified.returncode == 0:
+            return principal
+    return UnreadableSignoff(
+        f"{sig.name} does not verify: the file changed after it was signed", remedy
+    )
+
+
+def _ssh_keygen(args: list[str], stdin: bytes) -> subprocess.CompletedProcess[bytes]:
+    try:
+        return subprocess.run(
+            ["ssh-keygen", *args],
+            input=stdin,
+            capture_output=True,
+            timeout=_SIGN_TIMEOUT_S,
+            check=False,
+            start_new_session=True,  # no terminal: a passphrase prompt fails at once, not hangs
+        )
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        raise SigningError(
+            f"ssh-keygen could not run ({exc}): install openssh-client (ssh-keygen 8.2 or "
+            "later), or remove [signoff] from the rollout config"
+        ) from None
+
+
+def _first_line(output: bytes) -> str:
+    lines = output.decode(errors="replace").strip().splitlines()
+    return lines[0] if lines else "no message"

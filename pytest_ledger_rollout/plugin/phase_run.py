@@ -16,7 +16,6 @@ from typing import NoReturn
 import pytest
 
 from pytest_ledger_rollout import __version__
-from pytest_ledger_rollout.phases.chain import SigningError, sign_signoff
 from pytest_ledger_rollout.phases.model import (
     Rehearsal,
     Role,
@@ -30,8 +29,10 @@ from pytest_ledger_rollout.phases.rehearsal import RehearsalFailed, rehearse
 from pytest_ledger_rollout.phases.signoff import (
     NOT_ATTEMPTED,
     CheckRecord,
+    SigningError,
     Verdict,
     place_staged,
+    sign_signoff,
     staged_html,
     write_checksums,
     write_json,
