@@ -43,6 +43,9 @@ def containers_named(name: str) -> list[str]:
     """Names of containers (running or not) whose name contains ``name``."""
     client = docker.from_env()
     try:
-        return [c.name for c in client.containers.list(all=True, filters={"name": name})]
+        # One listing call: containers.list() inspects each listed container afterwards, and
+        # one removed in between (what the callers wait for) raised NotFound.
+        listed = client.api.containers(all=True, filters={"name": name})
+        return [str(entry["Names"][0]).lstrip("/") for entry in listed]
     finally:
         client.close()
