@@ -1,4 +1,4 @@
-"""STG-MIG migration forensics: whether the history replays on a fresh database (1.1), the
+"""STG-MIG migration forensics: whether the history replays on a fresh database (1.2), the
 pre-flights of step 1.2's upgrade (which revision the schema really matches and the remedy, and
 what the pending upgrade will do), drift at head (1.3) and the downgrades the smoke needs (1.4's
 pre-flight). Their roles and order come from the step model
@@ -126,11 +126,11 @@ def history(
     if not pending.revisions:
         raise DodFailure(
             Failure(
-                "No fingerprint to compare with: the history cannot be replayed (step 1.1)",
+                "No fingerprint to compare with: the history cannot be replayed (step 1.2)",
                 expected="the head's fingerprint, from a replay of the history or from the "
                 "pending revisions applied to a copy of the target",
                 seen="the history fails on a fresh database, and nothing was pending",
-                remedy="Declare [migrations] base_schema (see step 1.1's failure), then rerun.",
+                remedy="Declare [migrations] base_schema (see step 1.2's failure), then rerun.",
             )
         )
     copy: CopyRehearsal = request.getfixturevalue("target_copy")
@@ -140,7 +140,7 @@ def history(
     return copy.history
 
 
-@pytest.mark.dod("1.1")
+@pytest.mark.dod("1.2")
 def test_history_replays_on_a_fresh_database(
     replay: History | NotReplayable,
     alembic_project: AlembicProject,
@@ -280,6 +280,6 @@ def test_no_drift_at_head(
             result,
             summary=f"{result.summary}, as the pending revisions left it on a copy of the "
             "target taken before the upgrade (older drift is not visible without a replayable "
-            "history: step 1.1)",
+            "history: step 1.2)",
         )
     recorder.check(result)

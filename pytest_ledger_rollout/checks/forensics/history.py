@@ -458,7 +458,7 @@ def _rehearse(
         passed(
             f"{len(applied.steps)} pending revision(s) apply cleanly to a schema-only copy of "
             f"the target ({start} -> head); fingerprints cannot be compared: the history "
-            "cannot be replayed (step 1.1)",
+            "cannot be replayed (step 1.2)",
             Evidence("pending revisions on a copy of the target's schema", "\n".join(lines)),
         ),
         history,
