@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import shutil
 import uuid
 import warnings
@@ -15,6 +16,7 @@ from sqlalchemy.engine import Connection
 
 from pytest_ledger_rollout.checks.fingerprint import Fingerprint, SchemaLog, fingerprint
 from pytest_ledger_rollout.checks.forensics.history import (
+    DowngradeProof,
     History,
     fingerprint_history,
     scratch_database,
@@ -522,8 +524,10 @@ def test_downgrades_proven_by_the_walk_both_ways(reference_history: History) -> 
     broken = dataclasses.replace(
         reference_history,
         downgrades={
-            HEAD: f"downgrade restores {CHAIN[1]}",
-            CHAIN[1]: f"downgrade does not restore {CHAIN[0]}: extra table t",
+            HEAD: DowngradeProof(True, f"downgrade restores {CHAIN[1]}"),
+            CHAIN[1]: DowngradeProof(
+                False, f"downgrade does not restore {CHAIN[0]}: extra table t"
+            ),
         },
     )
     text_ = failure_text(check_downgrades_proven(broken, CHAIN))
@@ -547,6 +551,21 @@ def test_snapshot_round_trip_and_stale_snapshot_refused(
     revision.write_text(revision.read_text().replace("String(200)", "String(250)"))
     with pytest.raises(StaleSnapshot, match="was taken from other migration scripts"):
         load_snapshot(path, AlembicProject(copy / "alembic.ini"))
+
+
+def test_a_snapshot_with_downgrades_as_text_is_refused(
+    branchy_history: History, tmp_path: Path
+) -> None:
+    """Format 1 kept each downgrade's verdict as display text, which the check then parsed;
+    such a snapshot is refused (regenerate it), never read as proven."""
+    path = tmp_path / "fingerprints.json"
+    save_snapshot(branchy_history, path)
+    data = json.loads(path.read_text())
+    data["format"] = 1
+    data["downgrades"] = {rev: "downgrade restores base" for rev in data["downgrades"]}
+    path.write_text(json.dumps(data))
+    with pytest.raises(StaleSnapshot, match="format 1, expected 2"):
+        load_snapshot(path, BRANCHY)
 
 
 def test_forensics_config_keys(tmp_path: Path) -> None:

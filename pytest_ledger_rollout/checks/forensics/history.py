@@ -53,6 +53,14 @@ class NotReplayable(DodFailure):
 
 
 @dataclass(frozen=True)
+class DowngradeProof:
+    """What a revision's downgrade did on the walk's database."""
+
+    holds: bool  # it restored its parent's schema (or ran at a branch point, not comparable)
+    detail: str  # for people: "downgrade restores X", "downgrade fails: ..."
+
+
+@dataclass(frozen=True)
 class History:
     scripts_sha256: str  # which migration scripts these fingerprints belong to
     order: tuple[str, ...]  # topological, base first
@@ -61,7 +69,7 @@ class History:
     # The schema before the first revision: empty, or what [migrations] base_schema creates.
     base: Fingerprint = EMPTY
     # revision -> what its downgrade did on the walk's database (absent: not proven).
-    downgrades: dict[str, str] = field(default_factory=dict)
+    downgrades: dict[str, DowngradeProof] = field(default_factory=dict)
 
     def ancestors(self, revision: str) -> set[str]:
         seen: set[str] = set()
@@ -96,7 +104,7 @@ def fingerprint_history(project: AlembicProject, server_url: str) -> History:
     revisions = project.revisions()
     order = tuple(r.id for r in reversed(revisions))
     found: dict[str, Fingerprint] = {}
-    downgrades: dict[str, str] = {}
+    downgrades: dict[str, DowngradeProof] = {}
     base = EMPTY
     destination = "heads"
     while True:
@@ -159,7 +167,7 @@ def _drop(admin: Engine, name: str) -> None:
 @dataclass(frozen=True)
 class _Walked:
     recorded: dict[str, Fingerprint]
-    downgrades: dict[str, str]
+    downgrades: dict[str, DowngradeProof]
     base: Fingerprint
 
 
@@ -231,11 +239,11 @@ def prove_downgrades(
     base: Fingerprint,
     read: Callable[[Connection], Fingerprint],
     destination: str = "base",
-) -> dict[str, str]:
+) -> dict[str, DowngradeProof]:
     """From head down to ``destination`` in one env.py run: after each step, is the schema the
     fingerprint of the revision it went back to? Stops at the first that is not (or fails);
     the revisions below it stay unproven (absent)."""
-    verdicts: dict[str, str] = {}
+    verdicts: dict[str, DowngradeProof] = {}
 
     def compare(ctx: MigrationContext, step: MigrationInfo, heads: set[str]) -> None:
         assert ctx.connection is not None
@@ -243,23 +251,27 @@ def prove_downgrades(
         parent = back[0] if len(back) == 1 else "base" if not back else None
         expected = base if parent == "base" else fingerprints.get(parent or "")
         if expected is None or heads != set(back):
-            verdicts[revision] = "downgrade ran; not compared (a branch point)"
+            verdicts[revision] = DowngradeProof(
+                True, "downgrade ran; not compared (a branch point)"
+            )
             return
         seen = read(ctx.connection)
         differences = () if seen.objects == expected.objects else expected.differences(seen)
         if not differences:
-            verdicts[revision] = f"downgrade restores {parent}"
+            verdicts[revision] = DowngradeProof(True, f"downgrade restores {parent}")
             return
         shown = "; ".join(d.line() for d in differences[:5])
         more = f" (+{len(differences) - 5} more)" if len(differences) > 5 else ""
-        verdicts[revision] = f"downgrade does not restore {parent}: {shown}{more}"
+        verdicts[revision] = DowngradeProof(
+            False, f"downgrade does not restore {parent}: {shown}{more}"
+        )
         raise _Stop
 
     try:
         project.run(connection, destination, upgrade=False, on_step=compare)
     except MigrationError as exc:
         if not isinstance(exc.__cause__, _Stop) and exc.revision is not None:
-            verdicts[exc.revision] = f"downgrade fails: {exc}"
+            verdicts[exc.revision] = DowngradeProof(False, f"downgrade fails: {exc}")
     return verdicts
 
 

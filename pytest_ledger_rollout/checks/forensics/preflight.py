@@ -25,7 +25,7 @@ from sqlalchemy import text
 from sqlalchemy.engine import Connection
 
 from pytest_ledger_rollout.checks.fingerprint import VERSION_TABLE
-from pytest_ledger_rollout.checks.forensics.history import History
+from pytest_ledger_rollout.checks.forensics.history import DowngradeProof, History
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.checks.schema import UniqueSpec, table_columns, unique_objects
 from pytest_ledger_rollout.results import CheckResult, Evidence, Failure, failed, passed
@@ -574,14 +574,16 @@ def _is_constant(statement: ast.stmt) -> bool:
 def check_downgrades_proven(history: History, revisions: Sequence[str]) -> CheckResult:
     """Each revision's downgrade, run on the walk's throwaway database from head, restores the
     fingerprint of the revision it goes back to (pytest-alembic's up/down consistency)."""
-    lines, problems = [], []
+    unproven = DowngradeProof(
+        False, "not proven: a downgrade above it failed or did not restore its parent"
+    )
+    lines, problems, failing = [], [], []
     for rev in reversed(revisions):
-        verdict = history.downgrades.get(
-            rev, "not proven: a downgrade above it failed or did not restore its parent"
-        )
-        lines.append(f"{rev}: {verdict}")
-        if not verdict.startswith(("downgrade restores", "downgrade ran")):
+        proof = history.downgrades.get(rev, unproven)
+        lines.append(f"{rev}: {proof.detail}")
+        if not proof.holds:
             problems.append(lines[-1])
+            failing.append(rev)
     record = Evidence("downgrades replayed from head on a throwaway database", "\n".join(lines))
     if not problems:
         return passed(f"{len(revisions)} revision(s) downgrade to their parent's schema", record)
@@ -591,7 +593,7 @@ def check_downgrades_proven(history: History, revisions: Sequence[str]) -> Check
             expected="each revision's downgrade() restores exactly the schema before it",
             seen="\n".join(problems),
             remedy=(
-                f"Fix the downgrade() of {problems[0].split(':')[0]} first (the walk stops at "
+                f"Fix the downgrade() of {failing[0]} first (the walk stops at "
                 "the first that fails), rerun; or record the accepted risk as a waiver."
             ),
         ),

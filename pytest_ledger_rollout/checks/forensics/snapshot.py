@@ -5,10 +5,12 @@ snapshot of other scripts is stale and refused."""
 from __future__ import annotations
 
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 from pytest_ledger_rollout.checks.fingerprint import Fingerprint
 from pytest_ledger_rollout.checks.forensics.history import (
+    DowngradeProof,
     History,
     fingerprint_history,
     scripts_sha256,
@@ -17,7 +19,7 @@ from pytest_ledger_rollout.checks.forensics.preflight import ForensicsConfig
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.targets.postgres import EphemeralSettings, start_ephemeral
 
-FORMAT = 1
+FORMAT = 2  # 2: each downgrade proof is {holds, detail}
 
 
 class StaleSnapshot(ValueError):
@@ -32,7 +34,7 @@ def save_snapshot(history: History, path: Path) -> None:
         "parents": {rev: list(down) for rev, down in history.parents.items()},
         "fingerprints": {rev: fp.as_rows() for rev, fp in history.fingerprints.items()},
         "base": history.base.as_rows(),
-        "downgrades": history.downgrades,
+        "downgrades": {rev: asdict(proof) for rev, proof in history.downgrades.items()},
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(data, indent=1, sort_keys=True) + "\n", encoding="utf-8")
@@ -51,7 +53,10 @@ def load_snapshot(path: Path, project: AlembicProject) -> History:
                 rev: Fingerprint.from_rows(rows) for rev, rows in data["fingerprints"].items()
             },
             base=Fingerprint.from_rows(data.get("base", [])),
-            downgrades=dict(data.get("downgrades", {})),
+            downgrades={
+                rev: DowngradeProof(holds=bool(proof["holds"]), detail=str(proof["detail"]))
+                for rev, proof in data.get("downgrades", {}).items()
+            },
         )
     except (OSError, json.JSONDecodeError, KeyError, TypeError, AttributeError) as exc:
         raise StaleSnapshot(f"{path}: cannot be read as a fingerprint snapshot ({exc})") from None
