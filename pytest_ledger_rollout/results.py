@@ -1,7 +1,7 @@
 """Result objects that domain checks return, and the failure they raise through the suite.
 
 Domain modules know nothing of pytest: they return ``CheckResult``. A suite test hands it to
-the ``evidence`` fixture, which records the evidence and raises ``DodFailure`` when it failed.
+the ``recorder`` fixture, which records the evidence and raises ``DodFailure`` when it failed.
 """
 
 from __future__ import annotations
@@ -16,16 +16,14 @@ class Evidence:
 
     label: str
     body: str
-
-
-# Evidence labelled with this prefix carries tab-separated rows (header first): the report
-# draws it as a static table (schema differences, the OPS-02 figures).
-TABLE_EVIDENCE = "table: "
+    # The body is tab-separated rows, header first: the report draws it as a static table
+    # (schema differences, the OPS-02 figures).
+    table: bool = False
 
 
 def table_evidence(title: str, header: Sequence[str], rows: Iterable[Sequence[str]]) -> Evidence:
     lines = ["\t".join(header), *("\t".join(row) for row in rows)]
-    return Evidence(f"{TABLE_EVIDENCE}{title}", "\n".join(lines))
+    return Evidence(title, "\n".join(lines), table=True)
 
 
 @dataclass(frozen=True)

@@ -149,6 +149,14 @@ def test_pilot_on_production_reads_only_and_needs_its_predecessor(
     text = " ".join(visible_text(run.artifact(".html"), scripts=False).split())
     assert "Verdict: FAIL -> decision HOLD" in text
     assert "OPS-02 per pilot tenant" in text and "no data HOLD" in text
+    # The per-tenant figures are a table in the JSON and drawn as one on the page.
+    (ops02,) = run.step("3.3")["checks"]
+    tables = [e for e in ops02["evidence"] if e["table"]]
+    assert [e["label"].split(" (")[0] for e in tables] == ["OPS-02 per pilot tenant"]
+    assert tables[0]["body"].startswith("tenant\tsignal\tpilot\t")
+    page = run.artifact(".html").read_text()
+    assert "<table class='ledger-rollout-table'" in page
+    assert "<th>ratio (vs control; vs before)</th>" in page
 
 
 def test_candidates_are_ranked_with_their_figures(

@@ -17,7 +17,7 @@ import re
 import subprocess
 import tempfile
 from collections.abc import Iterable, Mapping
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -117,7 +117,7 @@ class RunRecord:
         record.summary = self.scrubber.scrub(record.summary)
         record.message = self.scrubber.scrub(record.message)
         record.evidence = [
-            Evidence(self.scrubber.scrub(e.label), self.scrubber.scrub(e.body))
+            replace(e, label=self.scrubber.scrub(e.label), body=self.scrubber.scrub(e.body))
             for e in record.evidence
         ]
         if record.failure is not None:
@@ -293,7 +293,7 @@ class RunRecord:
                             "summary": c.summary,
                             "failure": asdict(c.failure) if c.failure else None,
                             "message": c.message,
-                            "evidence": [{"label": e.label, "body": e.body} for e in c.evidence],
+                            "evidence": [asdict(e) for e in c.evidence],
                         }
                         for c in s.checks
                     ],

@@ -26,7 +26,7 @@ from pytest_ledger_rollout.phases.signoff import (
 )
 from pytest_ledger_rollout.phases.waivers import WAIVED, WAIVED_NOT_RUN
 from pytest_ledger_rollout.plugin.state import RunState
-from pytest_ledger_rollout.results import TABLE_EVIDENCE, Evidence, Failure
+from pytest_ledger_rollout.results import Evidence, Failure
 
 _COLOURS = {
     Verdict.PASS: "#1b7f3b",
@@ -176,19 +176,15 @@ def _check_details(check: CheckRecord, waived: str) -> str:
         body += f"<pre class='ledger-rollout-error'>{escape(cause)}</pre>"
         if check.message:
             body += f"<details><summary>debug</summary><pre>{escape(check.message)}</pre></details>"
-    body += "".join(_evidence_html(e) for e in check.evidence if not _is_table(e))
+    body += "".join(_evidence_html(e) for e in check.evidence if not e.table)
     # Tables (the OPS-02 figures, schema differences) are what an approver decides on: shown
     # open below the check, not folded away.
-    tables = "".join(_evidence_html(e) for e in check.evidence if _is_table(e))
+    tables = "".join(_evidence_html(e) for e in check.evidence if e.table)
     return (
         f"<details class='ledger-rollout-check'{' open' if bad else ''}>"
         f"<summary><b style='color:{colour}'>{escape(check.outcome)}{waived if bad else ''}</b> "
         f"{escape(check.name)}: {escape(check.summary)}</summary>{body}</details>{tables}"
     )
-
-
-def _is_table(evidence: Evidence) -> bool:
-    return evidence.label.startswith(TABLE_EVIDENCE)
 
 
 def _finding_html(failure: Failure) -> str:
@@ -200,9 +196,9 @@ def _finding_html(failure: Failure) -> str:
 
 
 def _evidence_html(evidence: Evidence) -> str:
-    if _is_table(evidence):
+    if evidence.table:
         return (
-            f"<h5>{escape(evidence.label.removeprefix(TABLE_EVIDENCE))}</h5>"
+            f"<h5>{escape(evidence.label)}</h5>"
             f"<table class='ledger-rollout-table' border='1' cellpadding='4'>"
             f"{_table_rows(evidence.body)}</table>"
         )
