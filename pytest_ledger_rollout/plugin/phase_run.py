@@ -56,6 +56,7 @@ from pytest_ledger_rollout.plugin.report import (
 from pytest_ledger_rollout.plugin.run_start import new_run_state, suite_dir
 from pytest_ledger_rollout.plugin.state import (
     ITEM_EVIDENCE,
+    ITEM_HELD_BACK,
     ITEM_PLAN,
     ITEM_SUMMARY,
     RUN_STATE,
@@ -223,6 +224,7 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         if not state.session.lock_held():
             reason = f"{NOT_ATTEMPTED}: this run no longer holds the phase lock"
     if reason is not None:
+        item.stash[ITEM_HELD_BACK] = reason
         pytest.skip(reason)
 
 
@@ -255,9 +257,10 @@ def pytest_runtest_makereport(
     else:
         outcome = "error"
     summary = item.stash.get(ITEM_SUMMARY, "")
-    if report.skipped and isinstance(report.longrepr, tuple):
-        reason = report.longrepr[2].removeprefix("Skipped: ")
-        summary = reason if reason.startswith(NOT_ATTEMPTED) else f"skipped: {reason}"
+    if report.skipped and ITEM_HELD_BACK in item.stash:
+        summary = item.stash[ITEM_HELD_BACK]
+    elif report.skipped and isinstance(report.longrepr, tuple):
+        summary = f"skipped: {report.longrepr[2].removeprefix('Skipped: ')}"
     elif outcome == "error" and call.excinfo is not None:
         summary = f"error in {report.when}: {call.excinfo.exconly().splitlines()[0][:300]}"
     state.record.add(

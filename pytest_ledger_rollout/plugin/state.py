@@ -55,3 +55,5 @@ RUN_STATE = pytest.StashKey[RunState]()
 ITEM_EVIDENCE = pytest.StashKey[list[Evidence]]()
 ITEM_SUMMARY = pytest.StashKey[str]()
 ITEM_PLAN = pytest.StashKey[PlannedCheck]()
+# Why the step model's gate held a check back (it is skipped with this as its reason).
+ITEM_HELD_BACK = pytest.StashKey[str]()
