@@ -6,7 +6,7 @@ import json
 import os
 import textwrap
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,8 +14,9 @@ from typing import Any
 
 import pytest
 from sqlalchemy import Engine, create_engine, text
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import Connection, make_url
 
+from pytest_ledger_rollout.checks.flags import FlagState, FlagTable
 from pytest_ledger_rollout.checks.migrations import AlembicProject
 from pytest_ledger_rollout.config import load_config
 from pytest_ledger_rollout.phases.model import PHASES
@@ -141,6 +142,12 @@ def missing_component(what: str, install: str) -> None:
     if os.environ.get("CI", "").lower() == "true":
         pytest.fail(message, pytrace=False)
     pytest.skip(message)
+
+
+def insert_flag_states(connection: Connection, states: Sequence[FlagState]) -> None:
+    """The rows into the reference flag table, by the flag model's own INSERT."""
+    quote = connection.dialect.identifier_preparer.quote
+    connection.execute(text(FlagTable().insert(quote)), [vars(state) for state in states])
 
 
 @contextmanager

@@ -29,7 +29,7 @@ from pytest_ledger_rollout.checks.flags import (
 )
 
 from .loopback_http import LoopbackHTTP, Reply
-from .support import ScenarioDb
+from .support import ScenarioDb, insert_flag_states
 
 ORDER = (
     "ledger_shadow_write",
@@ -192,13 +192,7 @@ def test_sql_and_python_forms_of_the_rule_agree(scenario_db: ScenarioDb) -> None
         " SELECT format('t-00%s', i), 't' FROM generate_series(1, 4) i"
     )
     with scenario_db.engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO feature_flags (key, tenant_id, enabled, changed_at)"
-                " VALUES (:key, :tenant, :enabled, :changed_at)"
-            ),
-            [vars(state) for state in SHARED_ROWS],
-        )
+        insert_flag_states(connection, SHARED_ROWS)
         assert set(read_flags(SQL_FLAGS, connection)) == set(SHARED_ROWS)
         table = FlagRelation.of(SQL_FLAGS, connection)
     tenants = ["t-001", "t-002", "t-003", "t-004"]

@@ -26,7 +26,13 @@ from sqlalchemy.engine import make_url
 from pytest_ledger_rollout.checks.flags import FlagState, effective
 from pytest_ledger_rollout.targets.postgres import EphemeralServer
 
-from .support import REFERENCE_BACKEND, ScenarioDb, cloned_database, flags_restored
+from .support import (
+    REFERENCE_BACKEND,
+    ScenarioDb,
+    cloned_database,
+    flags_restored,
+    insert_flag_states,
+)
 
 sys.path.insert(0, str(REFERENCE_BACKEND))  # the service is run from its folder, not installed
 from backend.flags import KNOWN_FLAGS, flags_for
@@ -715,13 +721,7 @@ def test_the_reference_service_obeys_the_rule_the_gate_judges_by(scenario_db: Sc
     ]
     tenants = ["t-001", "t-002", "t-003"]
     with scenario_db.engine.begin() as connection:
-        connection.execute(
-            text(
-                "INSERT INTO feature_flags (key, tenant_id, enabled, changed_at)"
-                " VALUES (:key, :tenant, :enabled, :changed_at)"
-            ),
-            [vars(state) for state in rows],
-        )
+        insert_flag_states(connection, rows)
         served = {tenant: flags_for(connection, tenant) for tenant in tenants}
     judged = {(e.tenant, e.key): e.enabled for e in effective(rows, tenants, KNOWN_FLAGS)}
     for tenant, flags in served.items():
